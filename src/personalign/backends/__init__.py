@@ -1,0 +1,1 @@
+"""Model backends: text generation, log-probabilities, and text embeddings."""

@@ -1,0 +1,224 @@
+"""The transformers backend: batched chat sampling, completion log-probs, LoRA adapters; CPU or GPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personalign.backends.base import Conversation, TrainableBackend, truncate_at_stop
+from personalign.config import ModelConfig, SamplingConfig
+from personalign.errors import PersonalignError
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmuls (avx512_bf16 or AMX); bf16 then ~doubles generation speed."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PersonalignError(f"device {device!r} requested but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "fp32":
+        return torch.float32
+    if dtype == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def resolve_model_path(model: str) -> str:
+    """'default' → the converted embedded model; a folder stays; anything else is a hub id."""
+    if model == "default":
+        from personalign.backends.default_model import ensure_default_model
+
+        return str(ensure_default_model())
+    return model
+
+
+class HFBackend(TrainableBackend):
+    """A causal LM from transformers (any model with a chat template), optionally with a LoRA adapter."""
+
+    name = "hf"
+
+    def __init__(self, config: ModelConfig | None = None, model: Any = None, tokenizer: Any = None):
+        """Load from `config`, or wrap an already-built `model` + `tokenizer` (tests, training loops)."""
+        self.config = config or ModelConfig()
+        self._device = resolve_device(self.config.device)
+        if model is None:
+            model, tokenizer = self._load(self.config)
+        self.model = model
+        self.tokenizer = tokenizer
+        self._prepare_tokenizer()
+        self.model.eval()
+
+    # ---- loading -------------------------------------------------------------------------------
+    def _load(self, config: ModelConfig) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        path = resolve_model_path(config.model)
+        dtype = resolve_dtype(config.dtype, self._device)
+        start = time.perf_counter()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except OSError as exc:
+            where = "folder" if Path(path).exists() else "Hugging Face hub id"
+            raise PersonalignError(
+                f"cannot load model {config.model!r} as a {where} ({str(exc).splitlines()[0][:160]}); "
+                "use 'default', a local model folder, or a hub id on a machine that reaches the hub"
+            ) from None
+        model.to(self._device)
+        if config.adapter:
+            model = self._attach_adapter(model, config.adapter)
+        self.load_seconds = time.perf_counter() - start
+        return model, tokenizer
+
+    @staticmethod
+    def _attach_adapter(model: Any, adapter: str) -> Any:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise PersonalignError(f"{adapter}: no adapter_config.json; pass the folder a LoRA run saved")
+        return PeftModel.from_pretrained(model, adapter)
+
+    def _prepare_tokenizer(self) -> None:
+        tok = self.tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if not getattr(tok, "chat_template", None):
+            raise PersonalignError(
+                "the model's tokenizer has no chat template; personalign needs a chat/instruct model"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name, "model": self.config.model, "adapter": self.config.adapter,
+            "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+    # ---- chat rendering: the one place prompts become token ids ---------------------------------
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        return list(
+            self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+
+    def prompt_completion_ids(self, conversation: Conversation, completion: str) -> tuple[list[int], list[int]]:
+        prompt = self.prompt_ids(conversation)
+        full = list(
+            self.tokenizer.apply_chat_template(
+                [*conversation, {"role": "assistant", "content": completion}], tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        if full[: len(prompt)] == prompt and len(full) > len(prompt):
+            return prompt, full[len(prompt) :]
+        # Templates that re-render earlier turns differently: fall back to prompt + raw completion + eos.
+        completion_ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        return prompt, [*completion_ids, self.tokenizer.eos_token_id]
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, progress: bool = False
+    ) -> list[list[str]]:
+        """Left-padded batches sorted by prompt length (less padding), `n` samples per prompt, seeded."""
+        encoded = [self.prompt_ids(c) for c in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[list[str]] = [[] for _ in encoded]
+        batch_size = max(1, self.config.batch_size // max(1, sampling.n)) if sampling.n > 1 else self.config.batch_size
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        greedy = sampling.temperature == 0.0
+        pad_id = self.tokenizer.pad_token_id
+        iterator: Any = batches
+        if progress:
+            from rich.progress import track
+
+            iterator = track(batches, description="generating", transient=True)
+        for batch_index, batch in enumerate(iterator):
+            torch.manual_seed(sampling.seed + batch_index)
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids = encoded[index]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None,
+                max_new_tokens=sampling.max_new_tokens,
+                num_return_sequences=sampling.n,
+                pad_token_id=pad_id,
+            )
+            texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            for row, index in enumerate(batch):
+                for text in texts[row * sampling.n : (row + 1) * sampling.n]:
+                    results[index].append(truncate_at_stop(text, sampling.stop).strip())
+        return results
+
+    # ---- scoring -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logprobs(
+        self, conversations: Sequence[Conversation], completions: Sequence[str], batch_size: int = 8
+    ) -> list[float]:
+        if len(conversations) != len(completions):
+            raise ValueError("conversations and completions must have the same length")
+        pairs = [self.prompt_completion_ids(c, y) for c, y in zip(conversations, completions, strict=True)]
+        scores: list[float] = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            scores.extend(sequence_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.device).tolist())
+        return scores
+
+
+def sequence_logprobs(
+    model: Any, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device
+) -> torch.Tensor:
+    """Sum log p(completion | prompt) per (prompt_ids, completion_ids) pair; differentiable.
+
+    Right-padded batch; only completion positions count. Shared by scoring, DPO and DITTO.
+    """
+    width = max(len(p) + len(c) for p, c in pairs)
+    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    labels_mask = torch.zeros((len(pairs), width), dtype=torch.bool)
+    for row, (prompt, completion) in enumerate(pairs):
+        ids = prompt + completion
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        labels_mask[row, len(prompt) : len(ids)] = True
+    input_ids, attention, labels_mask = input_ids.to(device), attention.to(device), labels_mask.to(device)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logp * labels_mask[:, 1:]).sum(dim=-1)

@@ -1,0 +1,1 @@
+"""The command line: a thin typer layer that maps flags onto typed configs."""

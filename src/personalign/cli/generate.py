@@ -1,0 +1,180 @@
+"""`generate`, `compare` and `demo`: run methods on prompts and show them side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import Field
+from rich.table import Table
+
+from personalign.cli.common import console, split_csv
+from personalign.config import Config, ModelConfig, SamplingConfig, resolve_config
+from personalign.errors import PersonalignError
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with the same fields as the flags")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a local folder")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="sampling seed")]
+TokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="tokens to generate per sample")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", help="0 = greedy")]
+
+
+class GenerateConfig(Config):
+    profile: str | None = Field(None, description="profile file (not needed with --run)")
+    method: str = "prompt"
+    prompt: str = Field(..., min_length=1)
+    run: str | None = Field(None, description="a trained run dir; generates with its adapter")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    method_config: dict[str, Any] = Field(default_factory=dict)
+
+
+def generate(
+    prompt: Annotated[str | None, typer.Option("--prompt", help="the request to answer")] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML/JSON")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="base | prompt | prompt-rag | ...")] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="trained run dir (personalize output)")] = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: TokensOpt = None,
+    temperature: TempOpt = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print one personalized completion for PROMPT."""
+    from personalign.backends.registry import build_backend
+    from personalign.methods.base import build_personalizer, load_personalizer
+    from personalign.profiles import load_profile
+
+    cfg = resolve_config(
+        GenerateConfig, config,
+        {"prompt": prompt, "profile": str(profile) if profile else None, "method": method,
+         "run": str(run) if run else None, "model.model": model, "model.dtype": dtype, "model.device": device,
+         "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature, "sampling.seed": seed},
+    )
+    if cfg.run:
+        personalizer = load_personalizer(cfg.run, cfg.model if model or dtype or device else None)
+        if cfg.profile:
+            personalizer.profile = load_profile(cfg.profile)
+    else:
+        if not cfg.profile and cfg.method != "base":
+            raise PersonalignError(f"--profile is required for method {cfg.method!r} (or pass --run DIR)")
+        personalizer = build_personalizer(cfg.method, build_backend(cfg.model), cfg.method_config)
+        if cfg.profile:
+            personalizer.fit(load_profile(cfg.profile))
+    output = personalizer.generate([cfg.prompt], cfg.sampling)[0][0]
+    console.print(output, highlight=False, markup=False)
+
+
+def compare(
+    profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML/JSON")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="comma list, e.g. base,prompt,prompt-rag")] = None,
+    runs: Annotated[str | None, typer.Option("--runs", help="comma list of trained run dirs")] = None,
+    n_prompts: Annotated[int | None, typer.Option("--n-prompts", help="first K eval prompts")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="resume into this run dir")] = None,
+    quick: Annotated[bool | None, typer.Option("--quick/--full", help="quick method settings")] = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: TokensOpt = None,
+    temperature: TempOpt = None,
+    seed: SeedOpt = None,
+    wandb: Annotated[str | None, typer.Option("--wandb", help="also track to this wandb project")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Generate for the profile's eval prompts with each method; print a side-by-side table."""
+    from personalign.evaluation.compare import CompareConfig
+
+    cfg = resolve_config(
+        CompareConfig, config,
+        {"profile": str(profile) if profile else None, "methods": split_csv(methods), "runs": split_csv(runs),
+         "n_prompts": n_prompts, "out": str(out) if out else None, "run_dir": str(run_dir) if run_dir else None,
+         "quick": quick, "model.model": model, "model.dtype": dtype, "model.device": device,
+         "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature,
+         "sampling.seed": seed, "wandb": wandb},
+    )
+    _run_and_print(cfg)
+
+
+def _run_and_print(cfg: Any) -> Path:
+    from personalign.evaluation.compare import run_comparison
+
+    run, summary = run_comparison(cfg)
+    show_side_by_side(run.outputs, limit=3)
+    show_summary(summary)
+    console.print(f"run dir: [bold]{run.path}[/]")
+    return run.path
+
+
+def show_side_by_side(rows: list[dict[str, Any]], limit: int = 3, width: int = 400) -> None:
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))[:limit]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    table = Table(title="side by side (first sample)", show_lines=True)
+    table.add_column("prompt", max_width=28)
+    for m in methods:
+        table.add_column(m)
+    for p in prompts:
+        cells = []
+        for m in methods:
+            text = next((r["output"] for r in rows if r["prompt"] == p and r["method"] == m and r["sample"] == 0), "")
+            cells.append(text if len(text) <= width else text[:width] + " …")
+        table.add_row(p, *cells)
+    console.print(table)
+
+
+def show_summary(summary: dict[str, dict[str, Any]]) -> None:
+    checks = sorted({k for s in summary.values() for k in s if k.startswith("pass_")})
+    table = Table(title="methods × constraint compliance")
+    for column in ["method", "compliance", *[c.removeprefix("pass_") for c in checks], "mean words", "seconds"]:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method, stats in summary.items():
+        table.add_row(
+            method, f"{stats['compliance']:.0%}", *[f"{stats[c]:.0%}" for c in checks],
+            f"{stats['mean_words']:.0f}", f"{stats.get('seconds', 0):.0f}",
+        )
+    console.print(table)
+
+
+def demo(
+    quick: Annotated[bool, typer.Option("--quick/--full", help="fewer prompts and shorter outputs")] = False,
+    out: Annotated[Path, typer.Option("--out", help="parent folder of run dirs")] = Path("runs"),
+    methods: Annotated[str | None, typer.Option("--methods", help="default: every method that exists")] = None,
+) -> None:
+    """Compare every available method on the example profile and end with a summary table."""
+    from personalign.evaluation.compare import CompareConfig
+    from personalign.methods.base import available_methods
+
+    names = split_csv(methods) or [m for m in available_methods() if m in DEMO_METHODS]
+    cfg = CompareConfig(
+        methods=names, out=str(out), name="demo", quick=True,
+        n_prompts=4 if quick else 8,
+        sampling=SamplingConfig(max_new_tokens=96 if quick else 160, temperature=0.7, seed=0),
+    )
+    console.print(f"personalign demo: methods {', '.join(names)} on {Path(cfg.profile).name}")
+    run_path = _run_and_print(cfg)
+    finish_demo(run_path)
+
+
+# Methods the demo runs when present (rlaif is left to its own command: it needs a trained reward).
+DEMO_METHODS = ("base", "prompt", "prompt-rag", "sft", "ditto")
+
+
+def finish_demo(run_path: Path) -> None:
+    """Hook for the report (evaluation issue): write and print the report path when available."""
+    try:
+        from personalign.evaluation.report import write_report
+    except ImportError:
+        return
+    report = write_report([run_path], run_path / "report.html")
+    console.print(f"report: [bold]{report}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+    app.command()(compare)
+    app.command()(demo)

@@ -1,0 +1,1 @@
+"""Evaluation: side-by-side comparisons of methods, evaluators, win rates and reports."""

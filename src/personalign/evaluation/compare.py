@@ -1,0 +1,126 @@
+"""Side-by-side comparison: every method generates for the same prompts; rules score them all.
+
+This is the core loop behind `personalign compare` and `personalign demo`. Outputs and metrics go
+into one run dir; a finished method's outputs are reused on a rerun of the same run dir (resume).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from personalign.backends.base import GenerationBackend
+from personalign.backends.registry import build_backend
+from personalign.config import Config, ModelConfig, SamplingConfig
+from personalign.errors import PersonalignError
+from personalign.judges.rules import compliance, count_words
+from personalign.methods.base import Personalizer, build_personalizer, load_personalizer, read_manifest
+from personalign.profiles import Profile, load_profile
+from personalign.runs import RunDir, seed_everything
+
+EXAMPLE_PROFILE = Path(__file__).resolve().parents[3] / "configs" / "profiles" / "example.yaml"
+
+
+class CompareConfig(Config):
+    """Resolved config of one comparison run (written to the run dir as config.yaml)."""
+
+    profile: str = Field(str(EXAMPLE_PROFILE), description="profile YAML/JSON")
+    methods: list[str] = Field(default_factory=lambda: ["base", "prompt", "prompt-rag"])
+    runs: list[str] = Field(default_factory=list, description="trained run dirs to compare beside the methods")
+    n_prompts: int | None = Field(None, ge=1, description="first K eval prompts; None = all")
+    out: str = Field("runs", description="parent folder of run dirs")
+    name: str = "compare"
+    run_dir: str | None = Field(None, description="reuse this run dir (resume) instead of a new one")
+    quick: bool = Field(False, description="use each method's quick settings (CPU-friendly)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method config fields")
+    wandb: str | None = Field(None, description="wandb project; WANDB_MODE=offline works without network")
+
+
+def method_summary(profile: Profile, texts: list[str]) -> dict[str, Any]:
+    report = compliance(texts, profile.constraints)
+    words = [count_words(t) for t in texts]
+    return {**report.as_dict(), "mean_words": sum(words) / max(1, len(words))}
+
+
+def _fit_method(
+    name: str, config: CompareConfig, profile: Profile, shared: GenerationBackend | None, run: RunDir
+) -> Personalizer:
+    from personalign.methods.base import method_class
+
+    cls = method_class(name)
+    method_config = dict(cls.quick_overrides() if config.quick else {})
+    method_config.update(config.method_configs.get(name, {}))
+    # Trainable methods change weights: each gets its own backend so others see the untouched model.
+    backend = build_backend(config.model) if cls.trainable or shared is None else shared
+    personalizer = build_personalizer(name, backend, method_config)
+    sub = RunDir(run.path / "methods" / name) if cls.trainable else None
+    if sub is not None:
+        sub.write_config(
+            {"method": name, "method_config": personalizer.config.to_dict(), "model": config.model.to_dict()}
+        )
+        sub.write_env(config.sampling.seed, device=str(getattr(backend, "device", "")))
+    personalizer.fit(profile, sub)
+    return personalizer
+
+
+def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir, dict[str, dict[str, Any]]]:
+    """Generate for the profile's eval prompts with every method and trained run; score with rules."""
+    profile = load_profile(config.profile)
+    prompts = [p.prompt for p in profile.eval_prompts][: config.n_prompts]
+    if not prompts:
+        raise PersonalignError(f"{config.profile}: field 'eval_prompts' is empty; add held-out prompts to compare on")
+    for run_path in config.runs:
+        read_manifest(run_path)  # fail early, before any generation, on a bad run dir
+    run = RunDir(config.run_dir) if config.run_dir else RunDir.new(config.out, config.name, wandb_project=config.wandb)
+    run.write_config(config)
+    seed_everything(config.sampling.seed)
+    shared: GenerationBackend | None = None
+    run.write_env(config.sampling.seed, device=config.model.device)
+    done = {row["method"] for row in run.outputs}
+    summary: dict[str, dict[str, Any]] = {}
+    for row in run.metrics:
+        if row.get("kind") == "method_summary":
+            summary[row["method"]] = {k: v for k, v in row.items() if k not in ("time", "kind", "method")}
+
+    labels = [*config.methods, *[f"run:{Path(r).name}" for r in config.runs]]
+    for label in labels:
+        if label in done and label in summary:
+            continue  # resumed: this method finished in an earlier invocation
+        start = time.perf_counter()
+        if label.startswith("run:"):
+            personalizer = load_personalizer(config.runs[labels.index(label) - len(config.methods)], config.model)
+        else:
+            if shared is None and not _is_trainable(label):
+                shared = build_backend(config.model)
+            personalizer = _fit_method(label, config, profile, shared, run)
+            if personalizer.profile is None:
+                personalizer.profile = profile
+        if progress:
+            from personalign.cli.common import console
+
+            console.print(f"[bold]{label}[/]: generating for {len(prompts)} prompts")
+        samples = personalizer.generate(prompts, config.sampling, progress=progress)
+        texts = [s[0] for s in samples]
+        rows = [
+            {"prompt": p, "method": label, "sample": i, "seed": config.sampling.seed, "output": out}
+            for p, outs in zip(prompts, samples, strict=True)
+            for i, out in enumerate(outs)
+        ]
+        run.add_outputs(rows)
+        stats = method_summary(profile, texts) | {"seconds": round(time.perf_counter() - start, 2)}
+        run.log_metrics({"kind": "method_summary", "method": label, **stats})
+        summary[label] = stats
+    run.write_json("summary.json", {"profile": profile.name, "prompts": prompts, "methods": summary})
+    run.finish()
+    return run, summary
+
+
+def _is_trainable(name: str) -> bool:
+    from personalign.methods.base import method_class
+
+    return method_class(name).trainable

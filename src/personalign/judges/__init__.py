@@ -1,0 +1,1 @@
+"""Judges and reward models: rule checks, LLM-as-judge, trained reward models."""

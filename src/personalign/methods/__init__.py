@@ -1,0 +1,1 @@
+"""Personalization methods: one file per method, all behind `methods.base.Personalizer`."""

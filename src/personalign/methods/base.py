@@ -1,0 +1,133 @@
+"""The `Personalizer` interface every method implements, and the registry that finds a method by name.
+
+Contract: `fit(profile, run_dir)` may read the profile and write artifacts into the run dir (adapters,
+synthetic data, checkpoints); `generate(prompts, sampling)` returns n samples per prompt. A trained
+method saves `method.json` in its run dir so `load_personalizer(run_dir)` can rebuild it later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from personalign.backends.base import Conversation, GenerationBackend
+from personalign.config import Config, ModelConfig, SamplingConfig
+from personalign.errors import PersonalignError
+from personalign.io import atomic_write_json
+from personalign.profiles.schema import Profile
+from personalign.runs import RunDir
+
+METHOD_FILE = "method.json"
+
+
+class MethodConfig(Config):
+    """Base of each method's own config (fields differ per method)."""
+
+
+class Personalizer(ABC):
+    """Fit from a profile, then generate for prompts. Subclasses override what they need."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    trainable: ClassVar[bool] = False
+
+    def __init__(self, backend: GenerationBackend, config: MethodConfig | None = None):
+        self.backend = backend
+        self.config = config if config is not None else self.config_class()
+        self.profile: Profile | None = None
+
+    @classmethod
+    def quick_overrides(cls) -> dict[str, Any]:
+        """Config fields that make this method finish in minutes on 2 CPU cores (`--quick`, the demo)."""
+        return {}
+
+    def fit(self, profile: Profile, run_dir: RunDir | None = None) -> None:
+        """Prepare for `profile`; the untrained methods only remember it."""
+        self.profile = profile
+
+    def conversation(self, prompt: str) -> Conversation:
+        """The chat sent to the backend for one user prompt (methods add system prompts, few-shot turns)."""
+        return [{"role": "user", "content": prompt}]
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, progress: bool = False) -> list[list[str]]:
+        return self.backend.generate([self.conversation(p) for p in prompts], sampling, progress=progress)
+
+    # ---- persistence for trained methods ------------------------------------------------------
+    def save_manifest(self, run_dir: RunDir, model: ModelConfig, adapter: str | None = None, **extra: Any) -> None:
+        """Record what `load_personalizer` needs: the method, its config, the base model and adapter."""
+        atomic_write_json(
+            run_dir.path / METHOD_FILE,
+            {
+                "method": self.name,
+                "config": self.config.to_dict(),
+                "model": model.to_dict(),
+                "adapter": adapter,
+                "profile": self.profile.model_dump(mode="json") if self.profile else None,
+                **extra,
+            },
+        )
+
+
+# name → "module:Class". Lazy so that importing the CLI does not import torch-heavy trainers.
+METHODS: dict[str, str] = {
+    "base": "personalign.methods.base_model:BaseModelMethod",
+    "prompt": "personalign.methods.prompting:PromptMethod",
+    "prompt-rag": "personalign.methods.prompting:RetrievalPromptMethod",
+    "sft": "personalign.methods.sft:SFTMethod",
+    "dpo": "personalign.methods.dpo:DPOMethod",
+    "ditto": "personalign.methods.ditto:DittoMethod",
+    "rlaif": "personalign.methods.rlaif:RLAIFMethod",
+}
+
+
+def available_methods() -> list[str]:
+    """Registered methods whose module is present in this install."""
+    return [name for name, target in METHODS.items() if importlib.util.find_spec(target.split(":")[0])]
+
+
+def method_class(name: str) -> type[Personalizer]:
+    if name not in METHODS or name not in available_methods():
+        raise PersonalignError(f"unknown method {name!r}; choose one of: {', '.join(available_methods())}")
+    module_name, class_name = METHODS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_personalizer(name: str, backend: GenerationBackend, config: dict[str, Any] | None = None) -> Personalizer:
+    cls = method_class(name)
+    from pydantic import ValidationError
+
+    from personalign.config import format_validation_error
+
+    try:
+        method_config = cls.config_class.model_validate(config or {})
+    except ValidationError as exc:
+        raise PersonalignError(format_validation_error(exc, f"config of method {name!r}")) from None
+    return cls(backend, method_config)
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(run_dir) / METHOD_FILE
+    if not path.is_file():
+        raise PersonalignError(f"{run_dir}: no {METHOD_FILE}; pass the folder of a finished `personalize` run")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_personalizer(run_dir: str | Path, model_override: ModelConfig | None = None) -> Personalizer:
+    """Rebuild a trained method from its run dir: base model + saved adapter + the method's config."""
+    from personalign.backends.registry import build_backend
+
+    manifest = read_manifest(run_dir)
+    model = ModelConfig.model_validate(manifest["model"]) if model_override is None else model_override
+    if manifest.get("adapter"):
+        adapter = Path(manifest["adapter"])
+        model = model.model_copy(update={"adapter": str(adapter if adapter.is_absolute() else Path(run_dir) / adapter)})
+    personalizer = build_personalizer(manifest["method"], build_backend(model), manifest.get("config"))
+    if manifest.get("profile"):
+        personalizer.profile = Profile.model_validate(manifest["profile"])
+    return personalizer

@@ -1,0 +1,66 @@
+"""Read a profile from YAML or JSON with errors that name the file, the field and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from personalign.errors import ProfileError
+from personalign.profiles.schema import Profile
+
+_FIXES = {
+    "demonstrations": "add at least one {prompt, output} pair under 'demonstrations'",
+    "name": "add 'name: <the person's name>'",
+    "task": "add 'task: <what they do, e.g. write emails>'",
+}
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        top = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden":
+            problems.append(f"field '{loc}' is not a profile field; remove it or fix its spelling")
+        elif err["type"] == "missing":
+            problems.append(f"field '{loc}' is missing; {_FIXES.get(top, 'add it')}")
+        elif err["type"] == "too_short" and top == "demonstrations":
+            problems.append(f"field '{loc}' is empty; {_FIXES['demonstrations']}")
+        else:
+            problems.append(f"field '{loc}': {err['msg']} (got {err.get('input')!r})")
+    return f"{path}: " + "; ".join(problems)
+
+
+def parse_profile(data: object, source: str | Path = "<profile>") -> Profile:
+    path = Path(source)
+    if data is None:
+        raise ProfileError(f"{path}: the file is empty; start from configs/profiles/example.yaml")
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: expected a mapping of profile fields, got {type(data).__name__}")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_describe(exc, path)) from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Load and validate a `.yaml`/`.yml`/`.json` profile."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"{path}: profile file not found; see configs/profiles/example.yaml for the format")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
+    if not text.strip():
+        raise ProfileError(f"{path}: the file is empty; start from configs/profiles/example.yaml")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ProfileError(f"{path}: invalid {kind} ({str(exc).splitlines()[0]})") from None
+    return parse_profile(data, path)

@@ -1,0 +1,81 @@
+"""The profile schema (pydantic): validated, serializable, strict about unknown keys."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Demonstration(_Strict):
+    """One example of the person's work: what they were asked and what they wrote."""
+
+    prompt: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+
+
+class EvalPrompt(_Strict):
+    """A held-out prompt; `reference` is the person's own answer when one exists (author benchmarks)."""
+
+    prompt: str = Field(min_length=1)
+    reference: str | None = None
+
+
+class Constraints(_Strict):
+    """Machine-checkable style constraints; each maps to one check in `judges.rules`."""
+
+    sign_off: str | None = Field(None, description="text the output must end with, e.g. 'Warmly,\\nMaya'")
+    banned_substrings: list[str] = Field(default_factory=list, description="e.g. an em dash '—'")
+    min_words: int | None = Field(None, ge=0)
+    max_words: int | None = Field(None, ge=1)
+    no_bullets: bool = False
+    no_placeholders: bool = Field(False, description="no template slots such as '[Your Name]'")
+    single_paragraph_max_sentences: int | None = Field(
+        None, ge=1, description="texts of at most this many sentences must be one paragraph"
+    )
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Constraints:
+        if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words})")
+        return self
+
+
+class RubricCriterion(_Strict):
+    name: str
+    description: str
+    weight: float = Field(1.0, gt=0)
+
+
+class Rubric(_Strict):
+    """What a judge should reward and punish, in words (for LLM judges) with weights."""
+
+    criteria: list[RubricCriterion] = Field(default_factory=list)
+    penalties: list[str] = Field(default_factory=list)
+    hard_failures: list[str] = Field(default_factory=list)
+
+
+class Profile(_Strict):
+    """Everything personalign knows about one person's way of doing one task."""
+
+    name: str = Field(min_length=1)
+    task: str = Field(min_length=1, description="e.g. 'write emails'")
+    demonstrations: list[Demonstration] = Field(min_length=1)
+    rules: list[str] = Field(default_factory=list)
+    constraints: Constraints = Field(default_factory=Constraints)
+    rubric: Rubric = Field(default_factory=Rubric)
+    eval_prompts: list[EvalPrompt] = Field(default_factory=list)
+
+    @field_validator("eval_prompts", mode="before")
+    @classmethod
+    def _strings_are_prompts(cls, value: object) -> object:
+        # Allow the short form `- Write an email to ...` next to `{prompt, reference}`.
+        if isinstance(value, list):
+            return [{"prompt": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split()[0]

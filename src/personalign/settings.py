@@ -1,0 +1,47 @@
+"""The one place that reads environment variables (cache and data locations, offline mode)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from personalign.errors import PersonalignError
+
+CACHE_ENV = "PERSONALIGN_CACHE"
+DATA_ENV = "PERSONALIGN_DATA"
+
+
+def cache_dir() -> Path:
+    """Where converted models and embedding caches live (`~/.cache/personalign` by default)."""
+    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "personalign")
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """Root of the public data sets: an explicit path, then $PERSONALIGN_DATA, then ../shared/datasets.
+
+    Raises a one-line error naming both ways to point at the data when none exists.
+    """
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(Path(explicit).expanduser())
+    elif os.environ.get(DATA_ENV):
+        candidates.append(Path(os.environ[DATA_ENV]).expanduser())
+    else:
+        # The checkout's sibling folder, as laid out on the development machines.
+        here = Path(__file__).resolve()
+        candidates += [Path.cwd() / ".." / "shared" / "datasets", here.parents[3] / "shared" / "datasets"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise PersonalignError(
+        f"data sets not found (looked in {', '.join(str(c) for c in candidates)}); "
+        f"pass --data-dir PATH or set {DATA_ENV}=PATH to the folder holding ditto/, dsp/, ..."
+    )
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE set)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
