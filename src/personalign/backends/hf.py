@@ -41,6 +41,25 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers; checked up front so offline machines fail fast, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    from personalign.settings import hub_offline
+
+    if hub_offline():
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def resolve_model_path(model: str) -> str:
     """'default' → the converted embedded model; a folder stays; anything else is a hub id."""
     if model == "default":
@@ -75,14 +94,20 @@ class HFBackend(TrainableBackend):
         path = resolve_model_path(config.model)
         dtype = resolve_dtype(config.dtype, self._device)
         start = time.perf_counter()
+        local_only = Path(path).exists() or not hub_reachable()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_only)
         except OSError as exc:
-            where = "folder" if Path(path).exists() else "Hugging Face hub id"
+            if Path(path).exists():
+                reason = f"the folder is not a complete model ({str(exc).splitlines()[0][:120]})"
+            elif local_only:
+                reason = "it is not a local folder nor in the Hugging Face cache, and the hub is unreachable"
+            else:
+                reason = f"the hub refused it ({str(exc).splitlines()[0][:120]})"
             raise PersonalignError(
-                f"cannot load model {config.model!r} as a {where} ({str(exc).splitlines()[0][:160]}); "
-                "use 'default', a local model folder, or a hub id on a machine that reaches the hub"
+                f"cannot load model {config.model!r}: {reason}; use 'default', a local model folder, "
+                "or a hub id on a machine that reaches the hub"
             ) from None
         model.to(self._device)
         if config.adapter:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from personalign.errors import PersonalignError
 
@@ -14,15 +15,24 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
-class PersonalignTyper(typer.Typer):
-    """A Typer app that reports user errors as `error: ...` (exit 2) instead of a traceback."""
+class _UserErrorGroup(TyperGroup):
+    """Click group whose invoke reports user errors as `error: ...` (exit 2) instead of a traceback.
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    Done at the click level (not around `app()`) so typer's test runner sees the same behaviour.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().__call__(*args, **kwargs)
+            return super().invoke(ctx)
         except PersonalignError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(2) from None
+
+
+class PersonalignTyper(typer.Typer):
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("cls", _UserErrorGroup)
+        super().__init__(**kwargs)
 
 
 def split_csv(value: str | None) -> list[str] | None:

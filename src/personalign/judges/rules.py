@@ -48,10 +48,18 @@ def strip_sign_off(text: str, sign_off: str | None) -> str:
     return body
 
 
+def _is_closing(paragraph: str) -> bool:
+    """A sign-off block such as 'Best,\nSam': at most 3 short lines and no sentence punctuation."""
+    lines = paragraph.splitlines()
+    return len(lines) <= 3 and all(len(line) <= 40 for line in lines) and count_sentences(paragraph) == 0
+
+
 def body_paragraphs(text: str, sign_off: str | None) -> list[str]:
-    """Paragraphs of the body: sign-off removed, and a leading greeting line ('Hi Sam,') dropped."""
+    """Paragraphs of the body: the sign-off (expected or any other) and a greeting line ('Hi Sam,') removed."""
     body = strip_sign_off(text, sign_off)
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", body) if p.strip()]
+    if len(paragraphs) > 1 and _is_closing(paragraphs[-1]):
+        paragraphs = paragraphs[:-1]
     if paragraphs:
         first_lines = paragraphs[0].splitlines()
         if len(first_lines[0]) <= 40 and first_lines[0].rstrip().endswith(","):
@@ -144,3 +152,100 @@ def compliance(texts: Sequence[str], constraints: Constraints) -> ComplianceRepo
     rate = sum(all(c.passed for c in r) for r in results) / len(texts)
     failures = [[f"{c.name}: {c.reason}" for c in r if not c.passed] for r in results]
     return ComplianceReport(len(texts), rate, per_check, failures)
+
+
+# ---- generic reward-hacking tells (apply to any task, with or without a profile) --------------------
+# Text about the text instead of the text: preambles ("Here is your email"), notes to the user
+# ("Note: be sure to replace ..."), offers to revise. A policy optimized against a weak judge drifts here.
+META_COMMENTARY = re.compile(
+    r"^\s*(?:sure|certainly|of course|absolutely)[,!.]?\s+here(?:'s| is)\b"
+    r"|\bhere(?:'s| is) (?:a |an |the |your |my )?(?:draft|revised |updated |sample |possible )?"
+    r"(?:email|message|reply|response|letter|note|version|draft)\b"
+    r"|^\s*(?:note|p\.?s\.?|disclaimer)\s*:"
+    r"|\b(?:be sure|make sure|remember|don't forget) to (?:replace|fill in|customi[sz]e|insert|add your)\b"
+    r"|\b(?:feel free to|you (?:can|may|might want to)) (?:adjust|modify|customi[sz]e|edit|tweak|change)\b"
+    r"|\blet me know if you(?:'d| would)? (?:like|want|need) (?:me to|any) (?:make|changes|revisions|adjust)"
+    r"|\bas an ai\b|\bi hope this (?:email|draft|message) (?:helps|works|meets)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
+TERMINAL = tuple(".!?:;)\"'”’»…*")
+
+
+def meta_commentary(text: str) -> list[str]:
+    """The meta-commentary phrases found in `text` (empty when none)."""
+    return [m.group(0).strip() for m in META_COMMENTARY.finditer(text)]
+
+
+def repeated_sentences(text: str, min_words: int = 4) -> list[str]:
+    """Sentences (of at least `min_words` words) that occur more than once, case/space-insensitively."""
+    seen: set[str] = set()
+    repeats: list[str] = []
+    for sentence in _SENTENCE_SPLIT.split(text.replace("\n", " ")):
+        key = " ".join(sentence.lower().split())
+        if count_words(key) < min_words:
+            continue
+        if key in seen and key not in repeats:
+            repeats.append(key)
+        seen.add(key)
+    return repeats
+
+
+def looks_truncated(text: str) -> bool:
+    """True when the text stops mid-sentence: its last line is a long line without closing punctuation.
+
+    Short last lines ("Maya", "Best,") are sign-offs, not truncations; an empty output counts as truncated.
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return True
+    last = lines[-1]
+    return count_words(last) >= 4 and not last.endswith(TERMINAL)
+
+
+def _tell_placeholders(text: str) -> CheckResult:
+    found = PLACEHOLDER.findall(text)
+    return CheckResult("tell_placeholders", not found, "" if not found else f"placeholder {found[0]!r}")
+
+
+def _tell_meta(text: str) -> CheckResult:
+    found = meta_commentary(text)
+    return CheckResult("tell_meta_commentary", not found, "" if not found else f"meta-commentary {found[0]!r}")
+
+
+def _tell_repeats(text: str) -> CheckResult:
+    found = repeated_sentences(text)
+    return CheckResult("tell_repeated_sentences", not found, "" if not found else f"repeats {found[0][:60]!r}")
+
+
+def _tell_truncated(text: str) -> CheckResult:
+    truncated = looks_truncated(text)
+    return CheckResult("tell_truncated", not truncated, "ends mid-sentence" if truncated else "")
+
+
+TELLS: list[tuple[str, Callable[[str], CheckResult]]] = [
+    ("tell_placeholders", _tell_placeholders),
+    ("tell_meta_commentary", _tell_meta),
+    ("tell_repeated_sentences", _tell_repeats),
+    ("tell_truncated", _tell_truncated),
+]
+
+
+def check_tells(text: str) -> list[CheckResult]:
+    """The generic reward-hacking tells, profile-independent: placeholders, meta-commentary, repeats, truncation."""
+    return [check(text) for _, check in TELLS]
+
+
+def rule_score(text: str, constraints: Constraints | None = None, tells: bool = True) -> float:
+    """Share of checks passed (profile constraints, plus the generic tells when `tells`): 1.0 = clean.
+
+    Every check weighs the same, so the score is exact and easy to explain; NaN only when no check applies.
+    """
+    results = check_text(text, constraints) if constraints is not None else []
+    if tells:
+        # The profile's own no_placeholders check already covers that tell; count it once.
+        skip = "tell_placeholders" if constraints is not None and constraints.no_placeholders else None
+        results += [r for r in check_tells(text) if r.name != skip]
+    if not results:
+        return float("nan")
+    return sum(r.passed for r in results) / len(results)

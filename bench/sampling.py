@@ -1,0 +1,118 @@
+"""Generation throughput of the hf backend vs a raw `model.generate` loop, and model load time.
+
+    python bench/sampling.py --out bench/results/sampling.json [--repeats 3] [--max-new-tokens 64]
+
+Both implementations run greedy decoding on the same chat prompts in the same process, so their
+outputs (and token counts) are identical and the ratio isolates backend overhead. Tokens/s counts
+generated tokens up to each sequence's end-of-turn, medians over `--repeats`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from personalign.backends.default_model import ensure_default_model
+from personalign.backends.hf import HFBackend
+from personalign.config import ModelConfig, SamplingConfig
+from personalign.io import atomic_write_json
+from personalign.runs import package_versions
+
+PROMPTS = [
+    "Write a short email asking a professor for a meeting next week.",
+    "Thank a colleague for covering my shift on Saturday.",
+    "Reply to a recruiter with my availability on Tuesday and Thursday afternoons.",
+    "Introduce two friends who both love rock climbing.",
+    "Ask my landlord to fix the kitchen faucet.",
+    "Decline a dinner invitation politely.",
+    "Follow up on a job application I sent two weeks ago.",
+    "Congratulate a teammate on finishing her thesis.",
+]
+
+
+def count_new_tokens(sequences: torch.Tensor, eos_ids: set[int]) -> int:
+    total = 0
+    for row in sequences.tolist():
+        n = 0
+        for tok in row:
+            n += 1
+            if tok in eos_ids:
+                break
+        total += n
+    return total
+
+
+def raw_generate(model, tokenizer, convs, max_new_tokens: int) -> int:
+    """The baseline: what a user would write with transformers alone (left padding, one batch)."""
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             temperature=None, top_p=None, top_k=None)
+    return count_new_tokens(out[:, enc["input_ids"].shape[1]:], {tokenizer.eos_token_id, tokenizer.pad_token_id})
+
+
+def backend_generate(backend: HFBackend, convs, max_new_tokens: int) -> int:
+    outs = backend.generate(convs, SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens))
+    # Re-tokenize the returned texts (+1 end-of-turn where the model stopped early) to count generated tokens.
+    total = 0
+    for (text,) in outs:
+        n = len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+        total += min(max_new_tokens, n + 1)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/sampling.json"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    ensure_default_model()
+    load_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        HFBackend(ModelConfig(device="cpu", dtype="fp32"))
+        load_times.append(time.perf_counter() - start)
+    results = []
+    for dtype in ("fp32", "bf16"):
+        backend = HFBackend(ModelConfig(device="cpu", dtype=dtype, batch_size=8))
+        for batch_size in (1, 8):
+            convs = [[{"role": "user", "content": p}] for p in PROMPTS[:batch_size]]
+            backend_generate(backend, convs, 8)  # warm-up
+            for impl in ("raw_generate", "personalign"):
+                speeds = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    if impl == "raw_generate":
+                        tokens = raw_generate(backend.model, backend.tokenizer, convs, args.max_new_tokens)
+                    else:
+                        tokens = backend_generate(backend, convs, args.max_new_tokens)
+                    speeds.append(tokens / (time.perf_counter() - start))
+                row = {"impl": impl, "dtype": dtype, "batch_size": batch_size,
+                       "tokens_per_s": round(statistics.median(speeds), 1), "runs": [round(s, 1) for s in speeds]}
+                results.append(row)
+                print(json.dumps(row))
+    ratios = {}
+    for dtype in ("fp32", "bf16"):
+        for batch_size in (1, 8):
+            ours, raw = (next(r["tokens_per_s"] for r in results if r["impl"] == impl and r["dtype"] == dtype
+                              and r["batch_size"] == batch_size) for impl in ("personalign", "raw_generate"))
+            ratios[f"{dtype}_bs{batch_size}"] = round(ours / raw, 3)
+    report = {
+        "results": results, "load_s": round(statistics.median(load_times), 3), "ratio_vs_raw": ratios,
+        "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "versions": package_versions(),
+    }
+    atomic_write_json(args.out, report)
+    print(json.dumps({"load_s": report["load_s"], "ratio_vs_raw": ratios}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The hf backend on a tiny random llama: chat rendering, seeded sampling, log-probabilities."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from personalign.backends.base import truncate_at_stop
+from personalign.backends.hf import HFBackend, resolve_dtype, sequence_logprobs
+from personalign.config import ModelConfig, SamplingConfig
+from personalign.errors import PersonalignError
+
+CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to Sam."}]
+
+
+def test_prompt_ids_equal_apply_chat_template(tiny_backend, chat_tokenizer):
+    expected = chat_tokenizer.apply_chat_template(CONV, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert tiny_backend.prompt_ids(CONV) == list(expected["input_ids"])
+    text = chat_tokenizer.decode(tiny_backend.prompt_ids(CONV))
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_prompt_completion_split_ends_with_end_of_turn(tiny_backend, chat_tokenizer):
+    prompt, completion = tiny_backend.prompt_completion_ids(CONV, "Hello Sam!")
+    assert prompt == tiny_backend.prompt_ids(CONV)
+    decoded = chat_tokenizer.decode(completion)
+    assert decoded.startswith("Hello Sam!")
+    assert "<|im_end|>" in decoded
+
+
+def test_seeded_sampling_is_reproducible_and_seed_sensitive(tiny_backend):
+    convs = [CONV, [{"role": "user", "content": "A much longer request about a meeting next week, please."}]]
+    params = SamplingConfig(n=3, temperature=1.0, max_new_tokens=12, seed=7)
+    first = tiny_backend.generate(convs, params)
+    again = tiny_backend.generate(convs, params)
+    other = tiny_backend.generate(convs, params.model_copy(update={"seed": 8}))
+    assert first == again
+    assert first != other
+    assert [len(samples) for samples in first] == [3, 3]
+
+
+def test_greedy_batch_matches_one_at_a_time(tiny_backend):
+    convs = [CONV, [{"role": "user", "content": "A much longer request about a meeting next week, please."}]]
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    together = tiny_backend.generate(convs, greedy)
+    alone = [tiny_backend.generate([c], greedy)[0] for c in convs]
+    assert together == alone
+
+
+def test_logprobs_equal_a_manual_token_by_token_sum(tiny_backend):
+    prompt, completion = tiny_backend.prompt_completion_ids(CONV, "Hi")
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_backend.model(input_ids=ids).logits[0].float(), dim=-1)
+    manual = sum(float(logp[len(prompt) + i - 1, tok]) for i, tok in enumerate(completion))
+    got = tiny_backend.logprobs([CONV, CONV], ["Hi", "Hi there, how are you?"])
+    assert got[0] == pytest.approx(manual, abs=1e-4)
+    assert got[1] < got[0] < 0  # longer completion, more negative log-prob under a random model
+
+
+def test_sequence_logprobs_is_differentiable(tiny_backend):
+    pair = tiny_backend.prompt_completion_ids(CONV, "Hi")
+    out = sequence_logprobs(tiny_backend.model, [pair], tiny_backend.tokenizer.pad_token_id, tiny_backend.device)
+    out.sum().backward()
+    assert any(p.grad is not None for p in tiny_backend.model.parameters())
+
+
+def test_truncate_at_stop():
+    assert truncate_at_stop("Hello\n\nUser: hi", ["User:", "###"]) == "Hello\n\n"
+    assert truncate_at_stop("no stop here", ["###"]) == "no stop here"
+
+
+def test_dtype_resolution():
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+
+
+def test_loading_from_a_saved_folder_and_clear_errors(tiny_backend, tmp_path):
+    tiny_backend.model.save_pretrained(tmp_path / "tiny")
+    tiny_backend.tokenizer.save_pretrained(tmp_path / "tiny")
+    loaded = HFBackend(ModelConfig(model=str(tmp_path / "tiny"), device="cpu", dtype="fp32"))
+    assert loaded.prompt_ids(CONV) == tiny_backend.prompt_ids(CONV)
+    with pytest.raises(PersonalignError, match="cannot load model 'no-such-org/no-such-model'"):
+        HFBackend(ModelConfig(model="no-such-org/no-such-model", device="cpu"))
+    with pytest.raises(PersonalignError, match=r"no adapter_config\.json"):
+        HFBackend(ModelConfig(model=str(tmp_path / "tiny"), device="cpu", adapter=str(tmp_path)))
+    assert math.isfinite(loaded.logprobs([CONV], ["ok"])[0])

@@ -1,0 +1,73 @@
+"""Shared fixtures: the default model's tokenizer, tiny random chat models built in-test, temp run dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The converted embedded default model (converted once per machine, then cached)."""
+    from personalign.backends.default_model import ensure_default_model
+
+    return ensure_default_model(progress=False)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(default_model_dir: Path):
+    """The real SmolLM2 tokenizer and chat template (fast to load; no weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+def make_tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
+    """A randomly initialized llama with the real tokenizer's vocabulary: fast enough for unit tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_backend(chat_tokenizer):
+    """An HFBackend around a tiny random llama (CPU, fp32)."""
+    from personalign.backends.hf import HFBackend
+    from personalign.config import ModelConfig
+
+    return HFBackend(ModelConfig(device="cpu", dtype="fp32"), model=make_tiny_llama(chat_tokenizer),
+                     tokenizer=chat_tokenizer)
+
+
+@pytest.fixture
+def example_profile_path() -> Path:
+    return REPO / "configs" / "profiles" / "example.yaml"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/datasets is not present on this machine")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _quiet_hf(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    if "WANDB_MODE" not in os.environ:
+        monkeypatch.setenv("WANDB_MODE", "offline")
