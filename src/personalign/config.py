@@ -47,6 +47,9 @@ class SamplingConfig(Config):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(160, ge=1, description="160 tokens fit a 150-word email")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="> 1 discourages repeats (CTRL-style); 1.0 samples the policy as is (RL, DITTO)"
+    )
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
 
@@ -59,6 +62,14 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise PersonalignError(f"config key {dotted!r}: {key!r} is not a section")
     node[keys[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -78,9 +89,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 C = TypeVar("C", bound=BaseModel)
 
 
-def resolve_config(cls: type[C], config_file: str | Path | None, overrides: dict[str, Any]) -> C:
-    """Build `cls` from its defaults, a YAML file, then non-None overrides (keys may be dotted)."""
-    data: dict[str, Any] = {}
+def resolve_config(
+    cls: type[C], config_file: str | Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> C:
+    """Build `cls` from its defaults (or `defaults`), a YAML file, then non-None overrides (keys may be dotted)."""
+    data: dict[str, Any] = dict(defaults or {})
     source = "command-line flags"
     if config_file:
         loaded = read_yaml(config_file)
@@ -88,7 +101,7 @@ def resolve_config(cls: type[C], config_file: str | Path | None, overrides: dict
             loaded = {}
         if not isinstance(loaded, dict):
             raise PersonalignError(f"{config_file}: expected a mapping of config fields at the top level")
-        data = loaded
+        data = _deep_merge(data, loaded)
         source = f"{config_file} (or flags)"
     for key, value in overrides.items():
         if value is not None:

@@ -203,6 +203,7 @@ class HFBackend(TrainableBackend):
                 top_k=None,
                 max_new_tokens=sampling.max_new_tokens,
                 num_return_sequences=sampling.n,
+                repetition_penalty=None if sampling.repetition_penalty == 1.0 else sampling.repetition_penalty,
                 pad_token_id=pad_id,
             )
             texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)

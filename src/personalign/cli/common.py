@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -11,7 +12,8 @@ from typer.core import TyperGroup
 
 from personalign.errors import PersonalignError
 
-console = Console(stderr=False)
+# Tables need room: when output is not a terminal (pipes, CI logs) rich would fall back to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 

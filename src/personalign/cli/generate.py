@@ -57,7 +57,9 @@ def generate(
          "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature, "sampling.seed": seed},
     )
     if cfg.run:
-        personalizer = load_personalizer(cfg.run, cfg.model if model or dtype or device else None)
+        if model:
+            raise PersonalignError("--model cannot be combined with --run: the run dir names its own model")
+        personalizer = load_personalizer(cfg.run, device=cfg.model.device, dtype=cfg.model.dtype)
         if cfg.profile:
             personalizer.profile = load_profile(cfg.profile)
     else:
@@ -141,21 +143,24 @@ def show_summary(summary: dict[str, dict[str, Any]]) -> None:
 
 
 def demo(
-    quick: Annotated[bool, typer.Option("--quick/--full", help="fewer prompts and shorter outputs")] = False,
-    out: Annotated[Path, typer.Option("--out", help="parent folder of run dirs")] = Path("runs"),
+    quick: Annotated[bool, typer.Option("--quick/--full", help="4 prompts × 96 tokens instead of 8 × 160")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
     methods: Annotated[str | None, typer.Option("--methods", help="default: every method that exists")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Compare every available method on the example profile and end with a summary table."""
+    """Compare every available method on the example profile, end with a summary table and a report."""
     from personalign.evaluation.compare import CompareConfig
     from personalign.methods.base import available_methods
 
-    names = split_csv(methods) or [m for m in available_methods() if m in DEMO_METHODS]
-    cfg = CompareConfig(
-        methods=names, out=str(out), name="demo", quick=True,
+    defaults = CompareConfig(
+        methods=[m for m in available_methods() if m in DEMO_METHODS], name="demo", quick=True,
         n_prompts=4 if quick else 8,
-        sampling=SamplingConfig(max_new_tokens=96 if quick else 160, temperature=0.7, seed=0),
+        sampling=SamplingConfig(max_new_tokens=96 if quick else 160, temperature=0.7, repetition_penalty=1.15, seed=0),
+    ).to_dict()
+    cfg = resolve_config(
+        CompareConfig, config, {"methods": split_csv(methods), "out": str(out) if out else None}, defaults=defaults
     )
-    console.print(f"personalign demo: methods {', '.join(names)} on {Path(cfg.profile).name}")
+    console.print(f"personalign demo: methods {', '.join(cfg.methods)} on {Path(cfg.profile).name}")
     run_path = _run_and_print(cfg)
     finish_demo(run_path)
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from personalign.cli import evaluate as evaluate_cli
 from personalign.cli import generate
+from personalign.cli import judge as judge_cli
+from personalign.cli import personalize as personalize_cli
+from personalign.cli import prefbench as prefbench_cli
+from personalign.cli import reward as reward_cli
 from personalign.cli.common import PersonalignTyper
 
 app = PersonalignTyper(
@@ -15,6 +20,11 @@ app = PersonalignTyper(
 
 # Each module adds its commands (or a sub-app) to `app`; one line per module keeps ownership clear.
 generate.register(app)
+evaluate_cli.register(app)
+personalize_cli.register(app)
+judge_cli.register(app)
+reward_cli.register(app)
+prefbench_cli.register(app)
 
 if __name__ == "__main__":
     app()

@@ -36,7 +36,9 @@ class CompareConfig(Config):
     run_dir: str | None = Field(None, description="reuse this run dir (resume) instead of a new one")
     quick: bool = Field(False, description="use each method's quick settings (CPU-friendly)")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    # A mild repetition penalty: without it the 135M default model loops on names and greetings
+    # ("Aisha, Ben, Aisha, ...") under long few-shot prompts; every method is sampled the same way.
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(repetition_penalty=1.15))
     method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method config fields")
     wandb: str | None = Field(None, description="wandb project; WANDB_MODE=offline works without network")
 
@@ -93,7 +95,8 @@ def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir
             continue  # resumed: this method finished in an earlier invocation
         start = time.perf_counter()
         if label.startswith("run:"):
-            personalizer = load_personalizer(config.runs[labels.index(label) - len(config.methods)], config.model)
+            run_path = config.runs[labels.index(label) - len(config.methods)]
+            personalizer = load_personalizer(run_path, device=config.model.device, dtype=config.model.dtype)
         else:
             if shared is None and not _is_trainable(label):
                 shared = build_backend(config.model)

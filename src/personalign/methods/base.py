@@ -118,12 +118,17 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_personalizer(run_dir: str | Path, model_override: ModelConfig | None = None) -> Personalizer:
-    """Rebuild a trained method from its run dir: base model + saved adapter + the method's config."""
+def load_personalizer(run_dir: str | Path, device: str | None = None, dtype: str | None = None) -> Personalizer:
+    """Rebuild a trained method from its run dir: base model + saved adapter + the method's config.
+
+    The saved model (a full fine-tune may have replaced it) is authoritative; only where it runs
+    (`device`, `dtype`) can be changed.
+    """
     from personalign.backends.registry import build_backend
 
     manifest = read_manifest(run_dir)
-    model = ModelConfig.model_validate(manifest["model"]) if model_override is None else model_override
+    placement = {k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None}
+    model = ModelConfig.model_validate(manifest["model"]).model_copy(update=placement)
     if manifest.get("adapter"):
         adapter = Path(manifest["adapter"])
         model = model.model_copy(update={"adapter": str(adapter if adapter.is_absolute() else Path(run_dir) / adapter)})

@@ -1,0 +1,148 @@
+"""Benchmark prefbench's speed and results: embedding throughput (cold/warm cache) and the wall time of
+`personalign bench` on DSP and the synthetic users, cold (empty cache) and warm (cached embeddings; every
+method retrained) and resumed (finished methods reused). Writes one JSON file (default
+bench/results/prefbench.json) with timings, machine load and each run's results table.
+
+    .venv/bin/python bench/prefbench.py                 # full: ≈ 15–30 min on 2 cores
+    .venv/bin/python bench/prefbench.py --quick         # smoke: --quick bench runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PERSONALIGN = str(Path(sys.executable).with_name("personalign"))
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def throughput(cache: Path, n_long: int, n_short: int) -> dict[str, Any]:
+    """texts/s of the Embedder on DSP prompt+response texts and on short synthetic responses."""
+    os.environ["PERSONALIGN_CACHE"] = str(cache)
+    from personalign.backends.embedder import Embedder
+    from personalign.prefbench.data.dsp import load_dsp
+    from personalign.prefbench.data.synthetic import make_synthetic
+    from personalign.prefbench.features import pair_text
+
+    dsp = load_dsp()
+    long_texts = list(dict.fromkeys(pair_text(p.prompt, p.chosen) for p in dsp.pairs))[:n_long]
+    synthetic = make_synthetic()
+    short_texts = list(dict.fromkeys(p.chosen for p in synthetic.pairs))[:n_short]
+    # One-line questions (~8 words): the regime where MiniLM's throughput is usually quoted.
+    sentences = list(dict.fromkeys(p.prompt for p in synthetic.pairs))
+    sentences = [f"{s} ({i})" for i in range(4) for s in sentences][:n_short]
+    emb = Embedder("minilm", cache_root=cache / "embeddings")
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    emb.encode(["warm up the model"])
+    out: dict[str, Any] = {"model_load_s": round(time.perf_counter() - start, 2), "load_before": load()}
+    for name, texts in (("dsp_prompt_response", long_texts), ("synthetic_response", short_texts),
+                        ("one_line_question", sentences)):
+        words = sum(len(t.split()) for t in texts) / len(texts)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        emb.encode(texts)
+        cold, cold_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        start = time.perf_counter()
+        emb.encode(texts)
+        warm = time.perf_counter() - start
+        out[name] = {"n_texts": len(texts), "mean_words": round(words, 1),
+                     "cold_texts_per_s": round(len(texts) / cold, 1), "warm_texts_per_s": round(len(texts) / warm, 1),
+                     # texts per CPU-second; × 2 is the rate with both cores to itself
+                     "cold_texts_per_cpu_s": round(len(texts) / cold_cpu, 1)}
+    out["load_after"] = load()
+    out["cpu_s_total"] = round(time.process_time() - cpu0, 1)
+    return out
+
+
+def run_cli(args: list[str], cache: Path) -> dict[str, Any]:
+    env = {**os.environ, "PERSONALIGN_CACHE": str(cache)}
+    before = load()
+    # CPU seconds of the child as well as wall time: on a shared machine the wall time depends on the
+    # other jobs, the CPU time much less.
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run([PERSONALIGN, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    if proc.returncode != 0:
+        raise SystemExit(f"personalign {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return {"args": args, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_before": before,
+            "load_after": load()}
+
+
+def results_of(out: Path) -> dict[str, Any]:
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    slim = {name: {k: r[k] for k in ("mean_acc", "worst_acc", "minority_acc", "per_user", "tax", "adaptation")}
+            | {"seconds": round(r["timing"].get("total_s", 0.0), 1)} for name, r in res["methods"].items()}
+    return {"methods": slim, "baselines": res["baselines"], "minority_users": res["minority_users"],
+            "n_pairs": res["n_pairs"], "n_texts": res["n_texts"], "timing": res["timing"],
+            "embedding_cache": res["embedding_cache"], "table": (out / "table.md").read_text(encoding="utf-8")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "prefbench.json"))
+    parser.add_argument("--datasets", default="dsp,synthetic")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--n-long", type=int, default=512)
+    parser.add_argument("--n-short", type=int, default=960)
+    parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temp dir)")
+    parser.add_argument("--throughput-only", action="store_true", help="measure the embedder only")
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="prefbench-bench-"))
+    report: dict[str, Any] = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "quick": args.quick,
+        "throughput": throughput(work / "cache_throughput", args.n_long, args.n_short),
+        "runs": {},
+    }
+    print(json.dumps(report["throughput"], indent=1), flush=True)
+    if args.throughput_only:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        return
+    cache = work / "cache_bench"
+    extra = ["--quick"] if args.quick else []
+    for phase, flags in (("cold", ["--no-resume"]), ("warm", ["--no-resume"]), ("resumed", ["--resume"])):
+        total = 0.0
+        for d in datasets:
+            out = work / "runs" / d
+            timing = run_cli(["bench", "--dataset", d, "--methods", "all", "--out", str(out), *flags, *extra], cache)
+            total += timing["wall_s"]
+            entry = report["runs"].setdefault(d, {})
+            entry[phase] = timing
+            if phase != "resumed":
+                entry[f"{phase}_results"] = results_of(out)
+            print(f"{phase} {d}: {timing['wall_s']} s (load {timing['load_before']} → {timing['load_after']})",
+                  flush=True)
+        report.setdefault("total_wall_s", {})[phase] = round(total, 1)
+    from personalign.prefbench.anchors import headline_anchors, load_anchors
+    from personalign.prefbench.report import summary_table
+
+    report["summary_table"] = summary_table({d: report["runs"][d]["cold_results"] for d in datasets})
+    anchors = load_anchors()
+    report["anchors"] = headline_anchors(anchors)
+    rag = [r["mean_acc"] for r in anchors if r["method"] == "rag" and r["mean_acc"]]
+    report["anchor_rag_range"] = [min(rag), max(rag)] if rag else None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""`personalign eval authors` (the DITTO author benchmark) and `personalign report` (HTML + Markdown)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markdown import Markdown
+
+from personalign.cli.common import PersonalignTyper, console, split_csv
+from personalign.config import resolve_config
+from personalign.errors import PersonalignError
+
+eval_app = PersonalignTyper(name="eval", help="Benchmarks with validated judges.", no_args_is_help=True)
+
+
+def _authors(value: str | None) -> list[int] | str | None:
+    """'0,1,2' → [0, 1, 2]; 'all' → the string 'all' (resolved to every id later); None → not given."""
+    if value is None:
+        return None
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        return [int(part) for part in split_csv(value) or []]
+    except ValueError:
+        raise PersonalignError(f"--authors {value!r}: expected comma-separated ids (0,1,2) or 'all'") from None
+
+
+@eval_app.command("authors")
+def authors(
+    dataset: Annotated[str | None, typer.Option("--dataset", help="cmcc | ccat50")] = None,
+    authors_: Annotated[str | None, typer.Option("--authors", help="ids, e.g. 0,1,2, or 'all'")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="e.g. base,prompt,prompt-rag,sft,ditto")] = None,
+    quick: Annotated[bool | None, typer.Option("--quick/--full", help="3 authors, short outputs, fast methods")] = None,
+    n_prompts: Annotated[int | None, typer.Option("--n-prompts", help="first K test prompts per author")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="resume into this run dir")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="folder holding ditto/")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a folder")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="tokens per output")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="sampling and judge seed")] = None,
+    llm_judge: Annotated[str | None, typer.Option("--llm-judge", help="model for an extra LLM judge")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="also write report.html")] = True,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same fields as the flags")] = None,
+) -> None:
+    """Personalize to each DITTO author, generate for held-out prompts, judge, and print DITTO's win-rate table."""
+    from personalign.evaluation.authors_benchmark import AuthorsBenchConfig, run_authors_benchmark, validity_line
+
+    parsed = _authors(authors_)
+    cfg = resolve_config(
+        AuthorsBenchConfig, config,
+        {"dataset": dataset, "authors": None if parsed == "all" else parsed, "methods": split_csv(methods),
+         "quick": quick, "n_prompts": n_prompts, "out": str(out) if out else None,
+         "run_dir": str(run_dir) if run_dir else None, "data_dir": str(data_dir) if data_dir else None,
+         "model.model": model, "model.dtype": dtype, "model.device": device,
+         "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature, "sampling.seed": seed,
+         "llm_judge": llm_judge},
+    )
+    if parsed == "all":
+        from personalign.profiles.ditto_authors import author_ids
+
+        cfg.authors = author_ids(cfg.dataset, cfg.data_dir)  # explicit 'all' wins over quick's 3 authors
+    console.print(f"author benchmark: {cfg.dataset}, methods {', '.join(cfg.resolved_methods())}")
+    run, summary = run_authors_benchmark(cfg, echo=lambda line: console.print(line, highlight=False, markup=False))
+    console.print(Markdown((run.path / "table.md").read_text(encoding="utf-8")))
+    console.print(f"[bold]{validity_line(summary)}[/]", highlight=False)
+    console.print(f"run dir: [bold]{run.path}[/]")
+    if report:
+        from personalign.evaluation.report import write_report
+
+        console.print(f"report: [bold]{write_report([run.path], run.path / 'report.html')}[/]")
+
+
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run dirs written by compare, demo, eval authors, training")],
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write (a .md summary is written beside it)")] = Path(
+        "report.html"
+    ),
+) -> None:
+    """Write one self-contained HTML report (charts embedded) and a Markdown summary over RUN_DIRS."""
+    from personalign.evaluation.report import write_report
+
+    path = write_report(list(run_dirs), out)
+    console.print(path.with_suffix(".md").read_text(encoding="utf-8"), highlight=False, markup=False)
+    console.print(f"report: [bold]{path}[/] (summary: {path.with_suffix('.md')})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
+    app.command()(report)

@@ -1,0 +1,138 @@
+"""`personalign judge validate`: how far a judge (rules, llm, rm) agrees with labeled preference pairs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import Field
+from rich.table import Table
+
+from personalign.cli.common import console, split_csv
+from personalign.config import Config, ModelConfig, resolve_config
+from personalign.errors import PersonalignError
+
+judge_app = typer.Typer(help="LLM-as-judge, rule and reward-model judges.", no_args_is_help=True)
+
+
+class JudgeValidateConfig(Config):
+    """Resolved config of one `judge validate` run."""
+
+    judge: Literal["rules", "llm", "rm"] = "rules"
+    data: list[str] = Field(default_factory=lambda: ["prometheus-hhh"],
+                            description="built-in sets (prometheus-hhh, autoj, llmbar, mtbench-human, ...) or files")
+    data_dir: str | None = Field(None, description="folder of the shared data sets (default: $PERSONALIGN_DATA)")
+    limit: int | None = Field(None, ge=1, description="seeded random sample of N pairs per set")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the llm judge's model")
+    rm: str | None = Field(None, description="run dir of a trained reward model (judge rm)")
+    profile: str | None = Field(None, description="judge with this profile's rubric and constraints")
+    max_new_tokens: int = Field(128, ge=8, description="llm judge answer length")
+    n_boot: int = Field(1000, ge=10)
+    seed: int = 0
+    out: str = "runs"
+    name: str = "judge-validate"
+    run_dir: str | None = Field(None, description="resume into this run dir: finished sets are skipped")
+
+
+def build_validation_judge(cfg: JudgeValidateConfig) -> Any:
+    from personalign.judges.base import RulesJudge
+
+    if cfg.judge == "rules":
+        return RulesJudge()
+    if cfg.judge == "rm":
+        if not cfg.rm:
+            raise PersonalignError("--judge rm needs --rm RUN_DIR (the folder a `personalign reward train` wrote)")
+        from personalign.judges.reward_model import RewardModel, RMJudge
+
+        return RMJudge(RewardModel.load(cfg.rm, device=cfg.model.device))
+    from personalign.backends.registry import build_backend
+    from personalign.judges.llm import LLMJudge
+
+    return LLMJudge(build_backend(cfg.model), max_new_tokens=cfg.max_new_tokens)
+
+
+def run_validation(cfg: JudgeValidateConfig, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Validate the judge on every set; results per set in summary.json, per pair in outputs.jsonl."""
+    from personalign.judges.labeled_sets import load_labeled
+    from personalign.judges.validate import validate_judge
+    from personalign.profiles import load_profile
+    from personalign.runs import RunDir, seed_everything
+
+    seed_everything(cfg.seed)
+    run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out, f"{cfg.name}-{cfg.judge}")
+    run.write_config(cfg)
+    profile = load_profile(cfg.profile) if cfg.profile else None
+    datasets = {name: load_labeled(name, cfg.data_dir, seed=cfg.seed, limit=cfg.limit) for name in cfg.data}
+    summary: dict[str, Any] = run.read_json("summary.json") if (run.path / "summary.json").is_file() else {}
+    judge = None
+    for name, pairs in datasets.items():
+        if name in summary:
+            continue  # finished in an earlier, interrupted run
+        judge = judge or build_validation_judge(cfg)
+        if judge is not None and not (run.path / "env.json").is_file():
+            run.write_env(cfg.seed, device=cfg.model.device)
+        result, rows = validate_judge(judge, pairs, profile, n_boot=cfg.n_boot, seed=cfg.seed, progress=progress)
+        summary[name] = result
+        run.add_outputs([{"set": name, **row} for row in rows])
+        run.log_metrics({"set": name, **{k: v for k, v in result.items() if isinstance(v, int | float)}})
+        run.write_json("summary.json", summary)
+    if not (run.path / "env.json").is_file():
+        run.write_env(cfg.seed, device=cfg.model.device)
+    return run.path, summary
+
+
+def _fmt(value: float, ci: tuple[float, float] | None = None, pct: bool = True) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:.0%}" if pct else f"{value:.2f}"
+    if ci:
+        text += f" [{ci[0]:.0%}, {ci[1]:.0%}]" if pct else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text
+
+
+def show_validation(summary: dict[str, Any], judge: str) -> None:
+    table = Table(title=f"judge {judge}: agreement with labeled pairs (95 % bootstrap CI)")
+    for column in ["set", "n", "accuracy", "kappa", "ties", "unparseable", "position bias"]:
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for name, r in summary.items():
+        ci = r.get("ci95", {})
+        table.add_row(
+            name, str(r["n"]), _fmt(r["accuracy"], ci.get("accuracy")), _fmt(r["kappa"], ci.get("kappa"), pct=False),
+            _fmt(r["tie_rate"]), _fmt(r["unparseable_rate"]), _fmt(r["position_bias_rate"]),
+        )
+    console.print(table)
+
+
+@judge_app.command("validate")
+def validate(
+    judge: Annotated[str | None, typer.Option("--judge", help="rules | llm | rm")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="comma list of set names or files")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="shared data folder")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="N random pairs per set (quick runs)")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="llm judge model: default, a folder or hub id")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
+    rm: Annotated[Path | None, typer.Option("--rm", help="reward-model run dir (for --judge rm)")] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", help="judge with this profile's rubric")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="llm judge answer length")] = None,
+    n_boot: Annotated[int | None, typer.Option("--n-boot", help="bootstrap resamples")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="resume into this run dir")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same fields")] = None,
+) -> None:
+    """Accuracy, Cohen's kappa, tie / unparseable / position-bias rates of a judge, with bootstrap 95 % CIs."""
+    cfg = resolve_config(JudgeValidateConfig, config, {
+        "judge": judge, "data": split_csv(data), "data_dir": str(data_dir) if data_dir else None, "limit": limit,
+        "model.model": model, "model.device": device, "rm": str(rm) if rm else None,
+        "profile": str(profile) if profile else None, "max_new_tokens": max_new_tokens, "n_boot": n_boot,
+        "seed": seed, "out": str(out) if out else None, "run_dir": str(run_dir) if run_dir else None,
+    })
+    path, summary = run_validation(cfg)
+    show_validation(summary, cfg.judge)
+    console.print(f"run dir: [bold]{path}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(judge_app, name="judge")

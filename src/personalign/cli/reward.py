@@ -1,0 +1,114 @@
+"""`personalign reward train`: label preference pairs (rules / llm / mix / a file) and train a BT reward model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import Field
+
+from personalign.cli.common import console
+from personalign.config import Config, ModelConfig, resolve_config
+from personalign.errors import PersonalignError
+from personalign.judges.preference_pipeline import PreferenceConfig
+from personalign.judges.reward_model import RewardModelConfig
+
+reward_app = typer.Typer(help="Reward models: train on labeled or judge-labeled preference pairs.",
+                         no_args_is_help=True)
+PIPELINE_LABELS = ("rules", "llm", "mix")
+
+
+class RewardTrainConfig(Config):
+    """Resolved config of one `reward train` run."""
+
+    labels: str = Field("rules", description="rules | llm | mix (label sampled pairs; needs --profile), "
+                                             "a built-in labeled set name, or a JSONL file of prompt/chosen/rejected")
+    profile: str | None = Field(None, description="profile whose prompts are sampled and judged")
+    data_dir: str | None = None
+    limit: int | None = Field(None, ge=2, description="use N pairs of a labeled set or file")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="policy that samples the pairs (and llm judge)")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    rm: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    out: str = "runs"
+    name: str = "reward"
+    run_dir: str | None = Field(None, description="resume into this run dir")
+    resume: bool = Field(False, description="continue from the run dir's last checkpoint and saved preferences")
+
+
+def training_pairs(cfg: RewardTrainConfig, run: Any) -> list[Any]:
+    from personalign.judges.labeled_sets import load_labeled
+    from personalign.judges.preference_pipeline import build_preferences
+    from personalign.profiles import load_profile
+
+    if cfg.labels in PIPELINE_LABELS:
+        if not cfg.profile:
+            raise PersonalignError(
+                f"--labels {cfg.labels} samples and judges the profile's prompts: pass --profile PATH"
+            )
+        preference = cfg.preference.model_copy(update={"labels": cfg.labels})
+        pairs, report = build_preferences(load_profile(cfg.profile), cfg.model, preference, run, resume=cfg.resume)
+        run.log_metrics({"phase": "preferences", **{k: v for k, v in report.items() if isinstance(v, int | float)}})
+        console.print(f"preference pairs: {report}")
+        return pairs
+    return load_labeled(cfg.labels, cfg.data_dir, seed=cfg.rm.seed, limit=cfg.limit)
+
+
+def run_reward_training(cfg: RewardTrainConfig, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    from personalign.judges.reward_model import train_reward_model
+    from personalign.runs import RunDir
+
+    if cfg.resume and not cfg.run_dir:
+        raise PersonalignError("--resume needs --run-dir DIR (the run to continue)")
+    run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out, cfg.name)
+    run.write_config(cfg)
+    run.write_env(cfg.rm.seed, device=cfg.rm.device)
+    pairs = training_pairs(cfg, run)
+    _, summary = train_reward_model(pairs, cfg.rm, run, resume=cfg.resume, progress=progress)
+    return run.path, summary
+
+
+@reward_app.command("train")
+def train(
+    labels: Annotated[str | None, typer.Option("--labels", help="rules | llm | mix | SET_NAME | FILE.jsonl")] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML (for rules/llm/mix labels)")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="minilm | default | causal-LM folder")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or all weights")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="-1 = all epochs")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="pairs per step")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="learning rate")] = None,
+    eval_every: Annotated[int | None, typer.Option("--eval-every", help="held-out accuracy every N steps")] = None,
+    save_every: Annotated[int | None, typer.Option("--save-every", help="checkpoint every N steps")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="tokens per (prompt, response)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="N pairs of a labeled set or file")] = None,
+    pairs_per_prompt: Annotated[int | None, typer.Option("--pairs-per-prompt", help="sampled pairs per prompt")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="policy / llm-judge model")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="shared data folder")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="write into (or resume) this run dir")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="continue from the last checkpoint")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same fields")] = None,
+) -> None:
+    """Train a Bradley-Terry reward model; held-out accuracy every N steps, checkpoints, --resume."""
+    cfg = resolve_config(RewardTrainConfig, config, {
+        "labels": labels, "profile": str(profile) if profile else None, "rm.backbone": backbone, "rm.lora": lora,
+        "rm.max_steps": max_steps, "rm.epochs": epochs, "rm.batch_size": batch_size, "rm.learning_rate": lr,
+        "rm.eval_every": eval_every, "rm.save_every": save_every, "rm.max_length": max_length, "limit": limit,
+        "preference.pairs_per_prompt": pairs_per_prompt, "model.model": model, "model.device": device,
+        "rm.device": device, "data_dir": str(data_dir) if data_dir else None, "rm.seed": seed,
+        "out": str(out) if out else None, "run_dir": str(run_dir) if run_dir else None, "resume": resume,
+    })
+    path, summary = run_reward_training(cfg)
+    console.print(
+        f"reward model: {summary['train_pairs']} train pairs, held-out accuracy "
+        f"{summary['heldout_accuracy_before']:.0%} → {summary['heldout_accuracy']:.0%} over {summary['heldout_pairs']} "
+        f"pairs after {summary['steps']} steps"
+    )
+    console.print(f"run dir: [bold]{path}[/]  (use as --judge rm --rm {path}, or --reward rm:{path})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(reward_app, name="reward")

@@ -1,0 +1,296 @@
+"""Bradley-Terry reward models: train on (prompt, chosen, rejected[, margin]) pairs, score outputs, act as a judge.
+
+Backbones: `minilm` (the shipped all-MiniLM-L6-v2 as a one-output sequence regressor over the
+(prompt, response) pair; fast on CPU) or any causal LM with a scalar head on its last token (`default` =
+SmolLM2-135M-Instruct), full fine-tuning or LoRA. Training runs through TRL's `RewardTrainer` on inputs
+we tokenize ourselves (so the causal LM sees the exact chat rendering generation uses); held-out
+accuracy every `eval_every` steps lands in the run dir's metrics.jsonl, checkpoints every `save_every`
+steps, and `resume=True` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from personalign.config import Config
+from personalign.errors import PersonalignError
+from personalign.judges.base import Judge, JudgeScore
+from personalign.judges.labeled_sets import LabeledPair
+from personalign.profiles.schema import Profile
+from personalign.runs import RunDir
+
+RM_FILE = "reward_model.json"
+MODEL_DIR = "reward_model"
+
+
+class RewardModelConfig(Config):
+    """How to build and train a reward model (written to the run dir as config.yaml)."""
+
+    backbone: str = Field("minilm", description="minilm | default (SmolLM2) | a causal-LM folder or hub id")
+    lora: bool = Field(False, description="train LoRA adapters (+ the score head) instead of all weights")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps; -1 = run all epochs")
+    batch_size: int = Field(8, ge=1, description="pairs per step")
+    max_length: int = Field(384, ge=16, description="tokens per (prompt, response); longer inputs are cut")
+    eval_every: int = Field(50, ge=1, description="held-out accuracy every N steps")
+    save_every: int = Field(50, ge=1, description="checkpoint every N steps")
+    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    device: str = "auto"
+
+
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
+    """-log σ(r_chosen − r_rejected − margin), averaged: the loss TRL's RewardTrainer minimizes.
+
+    Kept here for held-out evaluation and as the tested statement of the objective.
+    """
+    diff = chosen - rejected - (margin if margin is not None else 0.0)
+    return -torch.nn.functional.logsigmoid(diff).mean()
+
+
+def resolve_backbone(backbone: str) -> tuple[str, Literal["encoder", "causal"]]:
+    if backbone in ("minilm", "all-MiniLM-L6-v2"):
+        from personalign.backends.embedder import resolve_embedder_path
+
+        return resolve_embedder_path("minilm"), "encoder"
+    from personalign.backends.hf import resolve_model_path
+
+    return resolve_model_path(backbone), "causal"
+
+
+class RewardModel:
+    """A scalar-output sequence classifier plus the one tokenization it was trained with."""
+
+    def __init__(self, model: Any, tokenizer: Any, kind: Literal["encoder", "causal"], max_length: int = 384,
+                 device: str | torch.device = "cpu"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.max_length = max_length
+        self.device = torch.device(device)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # Sequence classifiers find the last real token through config.pad_token_id.
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    # ---- building --------------------------------------------------------------------------------
+    @classmethod
+    def fresh(cls, config: RewardModelConfig) -> RewardModel:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from personalign.backends.hf import resolve_device
+
+        hf_logging.set_verbosity_error()
+        path, kind = resolve_backbone(config.backbone)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        except OSError as exc:
+            raise PersonalignError(
+                f"reward-model backbone {config.backbone!r} cannot be loaded ({str(exc).splitlines()[0][:120]}); "
+                "use minilm, default, or a local model folder"
+            ) from None
+        device = resolve_device(config.device)
+        return cls(model.to(device), tokenizer, kind, config.max_length, device)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto") -> RewardModel:
+        """Load a trained RM from its run dir (full weights, or base + LoRA adapter)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from personalign.backends.hf import resolve_device
+
+        hf_logging.set_verbosity_error()
+        manifest_path = Path(run_dir) / RM_FILE
+        if not manifest_path.is_file():
+            raise PersonalignError(f"{run_dir}: no {RM_FILE}; pass the run dir of a finished `reward train`")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        weights = Path(run_dir) / MODEL_DIR
+        if manifest["lora"]:
+            from peft import PeftModel
+
+            base_path, _ = resolve_backbone(manifest["backbone"])
+            base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(weights)
+            base.config.pad_token_id = tokenizer.pad_token_id
+            model = PeftModel.from_pretrained(base, weights)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(weights, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(weights)
+        target = resolve_device(device)
+        return cls(model.to(target).eval(), tokenizer, manifest["kind"], manifest["max_length"], target)
+
+    # ---- encoding: the one place (prompt, response) become RM input ids --------------------------
+    def encode(self, prompt: str, response: str) -> list[int]:
+        if self.kind == "encoder":
+            # Cross-encoder pair input; the prompt is cut first so the response (what is judged) survives.
+            ids = self.tokenizer(prompt, response, truncation="longest_first", max_length=self.max_length)
+            return list(ids["input_ids"])
+        chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = list(self.tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"])
+        else:
+            ids = self.tokenizer(f"{prompt}\n\n{response}")["input_ids"] + [self.tokenizer.eos_token_id]
+        # The scalar head reads the last token: keep the end of long inputs.
+        return ids[-self.max_length :]
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], outputs: Sequence[str], batch_size: int = 16) -> list[float]:
+        self.model.eval()
+        encoded = [self.encode(p, o) for p, o in zip(prompts, outputs, strict=True)]
+        scores: list[float] = []
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, ids in enumerate(chunk):  # right padding, as in training (TRL's collator)
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)).logits
+            scores.extend(logits.squeeze(-1).float().tolist())
+        return scores
+
+
+class RMJudge(Judge):
+    """A trained reward model as a judge: score = reward; compare = higher reward wins (order-free)."""
+
+    name = "rm"
+
+    def __init__(self, reward_model: RewardModel):
+        self.rm = reward_model
+
+    def score_many(
+        self, prompts: Sequence[str], outputs: Sequence[str], profile: Profile | None = None,
+        rubrics: Sequence[str | None] | None = None,
+    ) -> list[JudgeScore]:
+        return [JudgeScore(value, f"reward {value:.3f}") for value in self.rm.score(prompts, outputs)]
+
+
+def split_pairs(pairs: Sequence[LabeledPair], heldout_fraction: float, seed: int) -> tuple[list, list]:
+    """Non-tie pairs, shuffled with `seed`, split into (train, held-out)."""
+    usable = [p for p in pairs if p.label != "tie"]
+    random.Random(seed).shuffle(usable)
+    n_held = math.ceil(len(usable) * heldout_fraction) if heldout_fraction > 0 and len(usable) > 1 else 0
+    return usable[n_held:], usable[:n_held]
+
+
+def pairwise_accuracy(rm: RewardModel, pairs: Sequence[LabeledPair]) -> float:
+    chosen_rejected = [p.chosen_rejected() for p in pairs]
+    chosen_rejected = [cr for cr in chosen_rejected if cr is not None]
+    if not chosen_rejected:
+        return float("nan")
+    prompts = [p.prompt for p in pairs if p.label != "tie"]
+    scores = rm.score(prompts * 2, [c for c, _ in chosen_rejected] + [r for _, r in chosen_rejected])
+    n = len(chosen_rejected)
+    return sum(scores[i] > scores[n + i] for i in range(n)) / n
+
+
+def _dataset(rm: RewardModel, pairs: Sequence[LabeledPair]) -> Any:
+    from datasets import Dataset
+
+    with_margin = any(p.margin is not None for p in pairs)
+    rows = []
+    for pair in pairs:
+        chosen, rejected = pair.chosen_rejected()  # type: ignore[misc]
+        row: dict[str, Any] = {"chosen_ids": rm.encode(pair.prompt, chosen), "rejected_ids": rm.encode(pair.prompt,
+                                                                                                         rejected)}
+        if with_margin:
+            row["margin"] = float(pair.margin or 0.0)
+        rows.append(row)
+    return Dataset.from_list(rows)
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def train_reward_model(
+    pairs: Sequence[LabeledPair], config: RewardModelConfig, run_dir: RunDir, resume: bool = False,
+    progress: bool = True, rm: RewardModel | None = None, heldout: Sequence[LabeledPair] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> tuple[RewardModel, dict[str, Any]]:
+    """Train a BT reward model into `run_dir`; returns it and a summary (held-out accuracy before/after).
+
+    `rm` injects an already-built model (tests use a tiny one); `heldout` overrides the seeded split;
+    `callbacks` are extra transformers TrainerCallbacks (benchmarks time steps with one).
+    """
+    from transformers import TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    from personalign.runs import seed_everything
+
+    seed_everything(config.seed)
+    if heldout is None:
+        train, heldout = split_pairs(pairs, config.heldout_fraction, config.seed)
+    else:
+        train = [p for p in pairs if p.label != "tie"]
+    if len(train) < 2:
+        raise PersonalignError(f"only {len(train)} non-tie training pairs; a reward model needs at least 2")
+    rm = rm or RewardModel.fresh(config)
+    before = pairwise_accuracy(rm, heldout) if heldout else float("nan")
+    checkpoints = run_dir.path / "checkpoints"
+    args = RewardConfig(
+        output_dir=str(checkpoints), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs, max_steps=config.max_steps, max_length=None,  # inputs already cut
+        eval_strategy="steps" if heldout else "no", eval_steps=config.eval_every, save_strategy="steps",
+        save_steps=config.save_every, save_total_limit=2, logging_steps=min(10, config.eval_every),
+        report_to=[], seed=config.seed, bf16=False, gradient_checkpointing=False, disable_tqdm=not progress,
+        use_cpu=rm.device.type == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
+        save_only_model=False,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        # SEQ_CLS keeps the freshly initialized score head fully trainable (peft adds it to modules_to_save).
+        peft_config = LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha,
+                                 lora_dropout=0.0, target_modules="all-linear")
+
+    class _ToRunDir(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs:
+                run_dir.log_metrics({k: v for k, v in logs.items() if isinstance(v, int | float)},
+                                    step=state.global_step)
+
+    trainer = RewardTrainer(
+        model=rm.model, args=args, train_dataset=_dataset(rm, train),
+        eval_dataset=_dataset(rm, heldout) if heldout else None, processing_class=rm.tokenizer,
+        peft_config=peft_config, callbacks=[_ToRunDir(), *callbacks],
+    )
+    last = _last_checkpoint(checkpoints) if resume else None
+    output = trainer.train(resume_from_checkpoint=last)
+    rm.model = trainer.model
+    after = pairwise_accuracy(rm, heldout) if heldout else float("nan")
+    weights = run_dir.path / MODEL_DIR
+    trainer.save_model(str(weights))
+    rm.tokenizer.save_pretrained(str(weights))
+    summary = {
+        "backbone": config.backbone, "kind": rm.kind, "lora": config.lora, "max_length": config.max_length,
+        "train_pairs": len(train), "heldout_pairs": len(heldout), "heldout_accuracy_before": before,
+        "heldout_accuracy": after, "steps": output.global_step, "train_seconds": output.metrics.get("train_runtime"),
+        "resumed_from": last,
+    }
+    run_dir.write_json(RM_FILE, summary)
+    run_dir.log_metrics({"final_heldout_accuracy": after}, step=output.global_step)
+    return rm, summary

@@ -1,0 +1,125 @@
+"""`dpo`: Direct Preference Optimization on pairwise data (`prompt, chosen, rejected` JSONL) with a LoRA adapter.
+
+Reference policy = the model as training starts: the base model (a fresh LoRA adapter is the identity) or
+the adapter given as `init_adapter` (e.g. an `sft` run's). Its log-probs are computed once before the first
+step, since the data are fixed, which halves the forward passes per step (TRL's precompute_ref_log_probs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from personalign.backends.base import Conversation
+from personalign.errors import DataError, PersonalignError
+from personalign.io import read_text
+from personalign.methods.base import MethodConfig, Personalizer
+from personalign.methods.training import (
+    TrainConfig,
+    TrainingSession,
+    apply_lora,
+    batch_indices,
+    dpo_batch_loss,
+    load_trainable_adapter,
+    reference_logprobs,
+    require_trainable,
+    save_trained,
+    truncate_pair,
+)
+from personalign.profiles.schema import Profile
+from personalign.runs import RunDir, seed_everything
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+class DPOConfig(MethodConfig, TrainConfig):
+    pairs: str | None = Field(None, description="JSONL of {prompt, chosen, rejected}")
+    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference policy")
+    init_adapter: str | None = Field(None, description="start from (and use as reference) this LoRA adapter")
+    lr: float = Field(5e-5, gt=0)
+    max_steps: int = Field(40, ge=0)
+
+
+def load_pairs(path: str | Path) -> list[dict[str, str]]:
+    """Read and validate a pair file; a bad line stops with file:line, the missing field and the fix."""
+    rows: list[dict[str, str]] = []
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object with fields prompt, chosen, rejected")
+        for key in PAIR_FIELDS:
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(
+                    f"{path}:{lineno}: field {key!r} missing or empty; each line needs non-empty strings "
+                    "'prompt', 'chosen' and 'rejected'"
+                )
+        rows.append({k: row[k] for k in PAIR_FIELDS})
+    if not rows:
+        raise DataError(f"{path}: no pairs; add lines of {{\"prompt\", \"chosen\", \"rejected\"}}")
+    return rows
+
+
+class DPOMethod(Personalizer):
+    name = "dpo"
+    config_class: ClassVar[type[MethodConfig]] = DPOConfig
+    config: DPOConfig
+    trainable: ClassVar[bool] = True
+
+    @classmethod
+    def quick_overrides(cls) -> dict[str, Any]:
+        return {"max_steps": 12, "batch_size": 2, "max_length": 320, "checkpoint_every": 6}
+
+    def conversation(self, prompt: str) -> Conversation:
+        return [{"role": "user", "content": prompt}]
+
+    def fit(self, profile: Profile, run_dir: RunDir | None = None) -> None:
+        super().fit(profile, run_dir)
+        cfg = self.config
+        if not cfg.pairs:
+            raise PersonalignError("method 'dpo': no pair file; pass --pairs PATH (JSONL of prompt, chosen, rejected)")
+        backend = require_trainable(self.backend, self.name)
+        rows = load_pairs(cfg.pairs)
+        seed_everything(cfg.seed)
+        pad_id = backend.tokenizer.pad_token_id
+
+        def ids(prompt: str, completion: str) -> tuple[list[int], list[int]]:
+            return truncate_pair(backend.prompt_completion_ids(self.conversation(prompt), completion), cfg.max_length)
+
+        chosen = [ids(r["prompt"], r["chosen"]) for r in rows]
+        rejected = [ids(r["prompt"], r["rejected"]) for r in rows]
+        if cfg.init_adapter:
+            backend.model = load_trainable_adapter(backend.model, cfg.init_adapter)
+        else:
+            backend.model = apply_lora(backend.model, cfg.lora)
+        model = backend.model
+        # Reference = the starting weights, before any step (and before a resume loads later weights).
+        ref_c = reference_logprobs(model, chosen, pad_id, backend.device, cfg.batch_size)
+        ref_r = reference_logprobs(model, rejected, pad_id, backend.device, cfg.batch_size)
+        session = TrainingSession(model, cfg, run_dir.path if run_dir else None)
+        if cfg.resume:
+            session.restore()
+        start = time.perf_counter()
+        model.eval()  # dropout off in DPO, as TRL's disable_dropout: log-probs match π_ref's
+        while session.step < cfg.max_steps:
+            idx = batch_indices(len(rows), cfg.batch_size, session.step, cfg.seed)
+            loss, stats = dpo_batch_loss(model, [chosen[i] for i in idx], [rejected[i] for i in idx],
+                                         ref_c[idx], ref_r[idx], cfg.beta, pad_id, backend.device)
+            value = session.update(loss)
+            if run_dir is not None:
+                run_dir.log_metrics({"phase": "dpo", "loss": value, **stats}, step=session.step)
+                if session.step % cfg.checkpoint_every == 0 or session.step == cfg.max_steps:
+                    session.save()
+        model.eval()
+        if run_dir is not None:
+            run_dir.log_metrics({"phase": "dpo_done", "steps": session.step, "pairs": len(rows),
+                                 "seconds": round(time.perf_counter() - start, 2)})
+            save_trained(self, run_dir, model)

@@ -1,0 +1,190 @@
+"""`sft`: LoRA supervised fine-tuning on the demonstrations plus filtered synthetic data.
+
+Loss on assistant tokens only (the prompt ids from `backend.prompt_completion_ids` are masked), early
+stopping on a held-out split, a checkpoint every K steps and exact `--resume`. The loop lives here as
+`run_sft` because DITTO's warm start is the same training. See `training.py` for why it is plain torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from personalign.backends.base import Conversation
+from personalign.errors import ProfileError
+from personalign.methods.base import MethodConfig, Personalizer
+from personalign.methods.synthetic import (
+    SYNTHETIC_FILE,
+    SyntheticConfig,
+    generate_synthetic,
+    load_synthetic,
+    save_synthetic,
+)
+from personalign.methods.training import (
+    Pair,
+    TrainConfig,
+    TrainingSession,
+    apply_lora,
+    batch_indices,
+    load_trainable_state,
+    require_trainable,
+    save_trained,
+    sft_batch,
+    sft_loss,
+    trainable_state,
+    truncate_pair,
+)
+from personalign.profiles.schema import Profile
+from personalign.runs import RunDir, seed_everything
+
+LogFn = Callable[[dict[str, Any], int], None]
+
+
+class SFTConfig(MethodConfig, TrainConfig):
+    max_steps: int = Field(60, ge=0)
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share held out for early stopping (needs ≥ 4 rows)")
+    eval_every: int = Field(5, ge=1, description="steps between held-out evaluations")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    synthetic_data: str | None = Field(None, description="reuse this synthetic JSONL instead of generating")
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices; nothing is held out below 4 rows (too little to learn from)."""
+    if n < 4 or fraction <= 0:
+        return list(range(n)), []
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(n * fraction))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+@torch.no_grad()
+def mean_loss(model: Any, pairs: Sequence[Pair], pad_id: int, device: torch.device, batch_size: int) -> float:
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        n = sum(len(c) for _, c in chunk)
+        total += float(sft_loss(model, sft_batch(chunk, pad_id), device)) * n
+        tokens += n
+    model.train(was_training)
+    return total / max(1, tokens)
+
+
+def run_sft(
+    backend: Any, model: Any, pairs: Sequence[Pair], config: SFTConfig, root: Path | None,
+    log: LogFn | None = None, phase: str = "sft", progress: bool = True,
+) -> dict[str, Any]:
+    """Train `model` (already LoRA-wrapped) on (prompt ids, completion ids) pairs; resumable from `root`."""
+    pad_id = backend.tokenizer.pad_token_id
+    train_idx, val_idx = split_holdout(len(pairs), config.val_fraction, config.seed)
+    train = [pairs[i] for i in train_idx]
+    val = [pairs[i] for i in val_idx]
+    session = TrainingSession(model, config, root)
+    extra = (session.restore() if config.resume else None) or {}
+    best_val: float | None = extra.get("best_val")
+    bad_evals: int = extra.get("bad_evals", 0)
+    stopped: bool = extra.get("stopped", False)
+    best_file = root / "best_weights.pt" if root is not None else None
+    best_state = torch.load(best_file) if best_file is not None and best_file.is_file() and best_val else None
+    start = time.perf_counter()
+    model.train()
+    bar_ctx: Any = nullcontext()
+    if progress:
+        from rich.progress import Progress
+
+        bar_ctx = Progress(transient=True)
+    with bar_ctx as bar:
+        task = bar.add_task(phase, total=config.max_steps, completed=session.step) if bar is not None else None
+        while session.step < config.max_steps and not stopped:
+            batch = [train[i] for i in batch_indices(len(train), config.batch_size, session.step, config.seed)]
+            loss = session.update(sft_loss(model, sft_batch(batch, pad_id), backend.device))
+            record: dict[str, Any] = {"phase": phase, "loss": loss, "lr": session.scheduler.get_last_lr()[0]}
+            if val and session.step % config.eval_every == 0:
+                val_loss = mean_loss(model, val, pad_id, backend.device, config.batch_size)
+                record["val_loss"] = val_loss
+                if best_val is None or val_loss < best_val:
+                    best_val, bad_evals = val_loss, 0
+                    best_state = trainable_state(model)
+                    if best_file is not None:
+                        torch.save(best_state, best_file)
+                else:
+                    bad_evals += 1
+                    stopped = bad_evals >= config.patience
+                    record["early_stop"] = stopped
+            if log is not None:
+                log(record, session.step)
+            if session.step % config.checkpoint_every == 0 or stopped or session.step == config.max_steps:
+                session.save({"best_val": best_val, "bad_evals": bad_evals, "stopped": stopped})
+            if bar is not None:
+                bar.update(task, completed=session.step, description=f"{phase} loss {loss:.3f}")
+    if best_state is not None:
+        load_trainable_state(model, best_state)  # early stopping keeps the best held-out weights
+    model.eval()
+    return {"steps": session.step, "best_val_loss": best_val, "early_stopped": stopped,
+            "train_rows": len(train), "val_rows": len(val), "seconds": round(time.perf_counter() - start, 2)}
+
+
+class SFTMethod(Personalizer):
+    name = "sft"
+    config_class: ClassVar[type[MethodConfig]] = SFTConfig
+    config: SFTConfig
+    trainable: ClassVar[bool] = True
+
+    @classmethod
+    def quick_overrides(cls) -> dict[str, Any]:
+        # ≈2 minutes on 2 CPU cores with the default model: a little synthetic data, 24 short steps.
+        return {"max_steps": 24, "batch_size": 4, "max_length": 320, "eval_every": 6, "checkpoint_every": 12,
+                "synthetic": {"n_candidates": 4, "n_keep": 4, "max_new_tokens": 160, "fewshot_k": 2}}
+
+    def training_rows(self, profile: Profile, run_dir: RunDir | None) -> list[dict[str, Any]]:
+        """Demonstrations plus synthetic rows (reused from a file, from the run dir on resume, or generated)."""
+        if not profile.demonstrations:
+            raise ProfileError(
+                f"profile {profile.name!r}: field 'demonstrations' is empty; add {{prompt, output}} pairs"
+            )
+        rows: list[dict[str, Any]] = [{"prompt": d.prompt, "output": d.output, "source": "demonstration"}
+                                      for d in profile.demonstrations]
+        cfg = self.config
+        existing = run_dir.path / SYNTHETIC_FILE if run_dir is not None else None
+        if cfg.synthetic_data:
+            return rows + load_synthetic(cfg.synthetic_data)
+        if cfg.resume and existing is not None and existing.is_file():
+            return rows + load_synthetic(existing)
+        if cfg.synthetic.n_keep == 0 or cfg.synthetic.n_candidates == 0:
+            return rows
+        teacher = self.backend
+        if cfg.synthetic.teacher is not None:
+            from personalign.backends.registry import build_backend
+
+            teacher = build_backend(cfg.synthetic.teacher)
+        synthetic, report = generate_synthetic(profile, teacher, cfg.synthetic, progress=True)
+        if run_dir is not None:
+            save_synthetic(run_dir.path, synthetic, report)
+            run_dir.log_metrics({"phase": "synthetic", **{k: v for k, v in report.items() if k != "teacher"}})
+        return rows + synthetic
+
+    def fit(self, profile: Profile, run_dir: RunDir | None = None) -> None:
+        super().fit(profile, run_dir)
+        backend = require_trainable(self.backend, self.name)
+        seed_everything(self.config.seed)
+        rows = self.training_rows(profile, run_dir)
+        pairs = [truncate_pair(backend.prompt_completion_ids(self.conversation(r["prompt"]), r["output"]),
+                               self.config.max_length) for r in rows]
+        backend.model = apply_lora(backend.model, self.config.lora)
+        log = run_dir.log_metrics if run_dir is not None else None
+        stats = run_sft(backend, backend.model, pairs, self.config, run_dir.path if run_dir else None, log)
+        if run_dir is not None:
+            run_dir.log_metrics({"phase": "sft_done", **stats})
+            save_trained(self, run_dir, backend.model)
+
+    def conversation(self, prompt: str) -> Conversation:
+        # The style lives in the weights: training and generation both see the bare user prompt.
+        return [{"role": "user", "content": prompt}]

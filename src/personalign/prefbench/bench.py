@@ -1,0 +1,226 @@
+"""`personalign bench`: run methods × data sets and judge them on accuracy, fairness, tax and adaptation.
+
+Per data set the run folder holds `config.yaml`, `env.json`, `metrics.jsonl` (one row per method),
+`characterization.json`, `methods/<name>.json` (each finished method, with a fingerprint of the config that
+produced it, so a rerun skips it), `results.json`, `table.md` and the plots. Several data sets get one
+sub-folder each plus a combined `table.md` at the top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personalign.prefbench.characterize import characterize
+from personalign.prefbench.config import BenchConfig
+from personalign.prefbench.data import load_prefdata
+from personalign.prefbench.evaluate import (
+    adaptation_curve,
+    margin_tax,
+    per_user_accuracy,
+    summarize,
+    tax_accuracy,
+)
+from personalign.prefbench.features import Featurized, TaxFeatures, featurize, featurize_tax
+from personalign.prefbench.methods import make_method
+from personalign.runs import RunDir, seed_everything
+
+Log = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Train small heads single-threaded: their ops are too small to split, and with other work on the
+    machine extra threads mostly spin (measured ~10× slower with 2 threads under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Progress:
+    """Rich progress bars when a console is attached, silent otherwise (tests, library use)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._progress: Any = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._progress = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                          TimeElapsedColumn(), transient=False)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        if self._progress is None:
+            return lambda done: None
+        task_id = self._progress.add_task(description, total=total)
+        return lambda done: self._progress.update(task_id, completed=done)
+
+    def log(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.log(message)
+
+
+def _encoder(backbone: str) -> Any:
+    from personalign.backends.embedder import get_embedder
+
+    return get_embedder(backbone)
+
+
+def run_method(name: str, cfg: BenchConfig, feats: Featurized, tax: TaxFeatures | None, minority: list[str],
+               progress: Progress) -> dict[str, Any]:
+    """Train `name` on all users, score it, and run its adaptation folds."""
+    options = getattr(cfg.options, name)
+    make = lambda: make_method(name, options, cfg.train, cfg.seed)  # noqa: E731 - a factory per fold
+    train, test = feats.splits["train"], feats.splits["test"]
+    n_users = len(feats.users)
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
+    method = make().fit(train, n_users)
+    timing["fit_s"] = time.perf_counter() - start
+    per_user = per_user_accuracy(method, test, feats.users)
+    result: dict[str, Any] = {**summarize(per_user, minority), "per_user": per_user}
+    if tax is not None:
+        start = time.perf_counter()
+        result["tax"] = tax_accuracy(method, tax.pairs, tax.categories, n_users)
+        timing["tax_s"] = time.perf_counter() - start
+    if cfg.adaptation:
+        start = time.perf_counter()
+        tick = progress.task(f"  {name}: adaptation folds", cfg.adapt_folds)
+        adapt = adaptation_curve(make, train, test, n_users, cfg.ks, cfg.adapt_folds, cfg.seed,
+                                 on_fold=lambda done, _total: tick(done))
+        result["adaptation"] = adapt["curve"]
+        result["adaptation_detail"] = adapt["detail"]
+        timing["adaptation_s"] = time.perf_counter() - start
+    result["timing"] = timing
+    return result
+
+
+def run_dataset(cfg: BenchConfig, dataset: str, run: RunDir, progress: Progress) -> dict[str, Any]:
+    """One data set: load, characterize, embed, then every method (skipping ones already done)."""
+    from personalign.io import atomic_write_json
+
+    seed_everything(cfg.seed)
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
+    data = load_prefdata(dataset, cfg.data_dir, cfg.data_path, cfg.synthetic.to_dict(), cfg.max_train_per_user,
+                         cfg.max_test_per_user, cfg.seed)
+    chars = characterize(data)
+    run.write_json("characterization.json", chars)
+    timing["load_s"] = time.perf_counter() - start
+
+    embedder = _encoder(cfg.backbone)
+    hits0, misses0 = embedder.cache_hits, embedder.cache_misses
+    start = time.perf_counter()
+    feats = featurize(data, embedder.encode, max_prompt_chars=cfg.max_prompt_chars,
+                      progress=_bar(progress, f"{dataset}: embedding texts"))
+    tax = None
+    if cfg.tax:
+        from personalign.prefbench.data.tax import load_tax_sets
+
+        tax_pairs = load_tax_sets(cfg.data_dir, cfg.tax_max_per_source, cfg.seed)
+        tax = featurize_tax(tax_pairs, embedder.encode, cfg.max_prompt_chars,
+                            progress=_bar(progress, f"{dataset}: embedding tax sets"))
+    timing["embed_s"] = time.perf_counter() - start
+    cache = {"hits": embedder.cache_hits - hits0, "misses": embedder.cache_misses - misses0}
+
+    methods_dir = run.path / "methods"
+    results: dict[str, Any] = {}
+    with torch_threads(cfg.torch_threads):
+        for name in cfg.method_list():
+            fingerprint = cfg.fingerprint(dataset, name)
+            cached = methods_dir / f"{name}.json"
+            if cfg.resume and cached.is_file():
+                previous = json.loads(cached.read_text(encoding="utf-8"))
+                if previous.get("fingerprint") == fingerprint:
+                    results[name] = previous["result"]
+                    progress.log(f"{dataset}/{name}: reusing finished result ({cached})")
+                    continue
+            start = time.perf_counter()
+            progress.log(f"{dataset}/{name}: training")
+            seed_everything(cfg.seed)
+            result = run_method(name, cfg, feats, tax, chars["minority_users"], progress)
+            result["timing"]["total_s"] = time.perf_counter() - start
+            atomic_write_json(cached, {"fingerprint": fingerprint, "result": result})
+            results[name] = result
+            run.log_metrics({"dataset": dataset, "method": name, "mean_acc": result["mean_acc"],
+                             "worst_acc": result["worst_acc"], "minority_acc": result["minority_acc"],
+                             **{f"tax_{k}": v for k, v in result.get("tax", {}).items()},
+                             **{f"adapt_{k}": v for k, v in result.get("adaptation", {}).items()},
+                             "seconds": result["timing"]["total_s"]})
+            progress.log(f"{dataset}/{name}: mean {result['mean_acc']:.3f}, worst {result['worst_acc']:.3f} "
+                         f"({result['timing']['total_s']:.1f} s)")
+    baselines = {
+        "majority_vote": {u: v["majority_acc"] for u, v in chars["per_user"].items()},
+        "oracle": {u: v["oracle_acc"] for u, v in chars["per_user"].items()},
+    }
+    if tax is not None:
+        baselines["untrained_tax"] = margin_tax(tax.untrained_margins, tax.categories)
+        baselines["untrained_tax_n"] = {str(c): int((tax.categories == c).sum())
+                                        for c in dict.fromkeys(tax.categories.tolist())}
+    return {
+        "dataset": dataset,
+        "methods": results,
+        "users": feats.users,
+        "minority_users": chars["minority_users"],
+        "n_pairs": {split: len(p) for split, p in feats.splits.items()},
+        "n_texts": feats.n_texts,
+        "baselines": baselines,
+        "embedding_cache": cache,
+        "timing": timing,
+    }
+
+
+def _bar(progress: Progress, description: str) -> Callable[[int, int], None]:
+    state: dict[str, Callable[[int], None]] = {}
+
+    def update(done: int, total: int) -> None:
+        if "tick" not in state:
+            state["tick"] = progress.task(description, total)
+        state["tick"](done)
+
+    return update
+
+
+def run_bench(cfg: BenchConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run the whole benchmark for `cfg`; returns {dataset: results} and writes everything under cfg.out."""
+    from personalign.prefbench.report import write_outputs, write_summary
+
+    requested = cfg
+    cfg = cfg.effective()
+    root = Path(cfg.out) if cfg.out else None
+    all_results: dict[str, Any] = {}
+    with Progress(show_progress) as progress:
+        for dataset in cfg.dataset:
+            if root is None:
+                run = RunDir.new(Path("runs") / "prefbench", Path(dataset).stem)
+            else:
+                run = RunDir(root if len(cfg.dataset) == 1 else root / Path(dataset).stem)
+            run.write_config(requested)
+            run.write_env(cfg.seed, device="cpu", effective_config=cfg.to_dict(), torch_threads=cfg.torch_threads)
+            start = time.perf_counter()
+            results = run_dataset(cfg, dataset, run, progress)
+            results["timing"]["wall_s"] = time.perf_counter() - start
+            write_outputs(run, results, plots=cfg.plots)
+            all_results[dataset] = {"run_dir": str(run.path), **results}
+    if root is not None and len(cfg.dataset) > 1:
+        write_summary(root, all_results)
+    return all_results
+

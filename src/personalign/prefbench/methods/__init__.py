@@ -1,0 +1,31 @@
+"""The prefbench methods, one file each, all behind `base.PrefMethod`; `make_method(name, ...)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from personalign.errors import PersonalignError
+from personalign.prefbench.methods.base import PairSet, PrefMethod, TrainConfig
+from personalign.prefbench.methods.conditional import Conditional
+from personalign.prefbench.methods.gpo import GPO
+from personalign.prefbench.methods.individual import Individual
+from personalign.prefbench.methods.lora import LoRA
+from personalign.prefbench.methods.personalized import Personalized
+from personalign.prefbench.methods.rag import RAG
+from personalign.prefbench.methods.soups import Soups
+from personalign.prefbench.methods.vanilla import Vanilla
+from personalign.prefbench.methods.vpl import VPL
+
+# The eight of the study, then `lora` (the backbone fine-tuning mode; opt-in, slow on CPU).
+METHODS: dict[str, type[PrefMethod]] = {
+    cls.name: cls for cls in (Vanilla, Individual, Conditional, Personalized, Soups, VPL, GPO, RAG, LoRA)
+}
+
+
+def make_method(name: str, options: Any = None, train: TrainConfig | None = None, seed: int = 0) -> PrefMethod:
+    if name not in METHODS:
+        raise PersonalignError(f"unknown method {name!r}; choose from {', '.join(METHODS)} (or 'all')")
+    return METHODS[name](options, train, seed)
+
+
+__all__ = ["METHODS", "PairSet", "PrefMethod", "TrainConfig", "make_method"]

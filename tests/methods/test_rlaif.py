@@ -1,0 +1,218 @@
+"""RLAIF: GRPO advantages and loss by hand, reward-spec parsing, and a tiny policy that learns a rule reward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from personalign.errors import PersonalignError
+from personalign.methods.rlaif import (
+    RewardTerm,
+    RLAIFConfig,
+    RLAIFMethod,
+    group_advantages,
+    grpo_loss,
+    length_penalty,
+    parse_reward_spec,
+)
+from personalign.profiles.schema import Profile
+
+HELLO, MAYA = 33662, 14964  # " hello", " Maya" in the SmolLM2 vocabulary
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy CPU (no spin-waiting threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    adv = group_advantages(rewards, eps=0.0)
+    # group 1: mean 0.5, unbiased std sqrt((4 * 0.25) / 3) = 0.57735
+    expected = 0.5 / math.sqrt(1 / 3)
+    assert torch.allclose(adv[0], torch.tensor([expected, -expected, -expected, expected]), atol=1e-5)
+    # a group whose rewards are all equal carries no signal (with eps > 0 it is exactly 0, never NaN)
+    assert torch.equal(group_advantages(rewards)[1], torch.zeros(4))
+
+
+def test_grpo_loss_gradient_follows_the_advantage_and_kl_is_zero_on_policy():
+    logp = torch.tensor([[-1.0, -2.0], [-1.0, -2.0]], requires_grad=True)
+    mask = torch.tensor([[True, True], [True, False]])
+    advantages = torch.tensor([1.0, -1.0])
+    loss, kl = grpo_loss(logp, logp.detach().clone(), mask, advantages, beta=0.1)
+    loss.backward()
+    # −A · mean over tokens, then mean over 2 sequences: d/dlogp = −A / (len · 2)
+    assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.25], [0.5, 0.0]]))
+    assert float(kl) == pytest.approx(0.0)
+    assert float(loss.detach()) == pytest.approx(0.0)  # mean of −A over sequences is 0 here
+
+
+def test_grpo_kl_term_is_k3_and_pulls_toward_the_reference():
+    logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25)]])
+    loss, kl = grpo_loss(logp, ref, torch.tensor([[True]]), torch.tensor([0.0]), beta=1.0)
+    delta = math.log(0.25) - math.log(0.5)
+    assert float(kl) == pytest.approx(math.exp(delta) - delta - 1)  # 0.5 − ln 0.5 − 1 = 0.1931
+    loss.backward()
+    assert logp.grad.item() > 0  # minimizing lowers logp, toward the less likely reference
+
+
+def test_parse_reward_spec_and_errors():
+    assert parse_reward_spec("rm:runs/rm-1,rules:0.5") == [RewardTerm("rm", 1.0, "runs/rm-1"), RewardTerm("rules", 0.5)]
+    assert parse_reward_spec("rm:/a/b:0.3, length") == [RewardTerm("rm", 0.3, "/a/b"), RewardTerm("length", 1.0)]
+    with pytest.raises(PersonalignError, match="unknown kind"):
+        parse_reward_spec("bleu:1")
+    with pytest.raises(PersonalignError, match="not a number"):
+        parse_reward_spec("rules:lots")
+    with pytest.raises(Exception, match="unknown kind"):
+        RLAIFConfig(reward="nope")
+
+
+def test_length_penalty():
+    assert length_penalty(100, 50, 150) == 0.0
+    assert length_penalty(300, 50, 150) == -1.0
+    assert length_penalty(25, 50, 150) == pytest.approx(-0.5)
+    assert length_penalty(5, None, None) == 0.0
+
+
+def _restricted_llama(tokenizer, allowed: list[int], seed: int = 0):
+    """A tiny random llama that can only emit `allowed` tokens (a bias of −30 on every other one).
+
+    A fully random 49k-token model almost never produces a given word, so no group would ever differ
+    in reward; restricting the output vocabulary gives GRPO something to learn in a few steps.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    head = torch.nn.Linear(32, len(tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-30.0)
+        for token in allowed:
+            head.weight[token] = torch.randn(32) * 0.05
+            head.bias[token] = 0.0
+    model.lm_head = head
+    return model.eval()
+
+
+def _sign_off_rate(texts: list[str]) -> float:
+    return sum(t.rstrip().endswith("Maya") for t in texts) / len(texts)
+
+
+def test_tiny_policy_learns_a_rule_reward(chat_tokenizer, tmp_path):
+    from personalign.backends.hf import HFBackend
+    from personalign.config import ModelConfig, SamplingConfig
+    from personalign.runs import RunDir
+
+    model = _restricted_llama(chat_tokenizer, [HELLO, MAYA, chat_tokenizer.eos_token_id])
+    backend = HFBackend(ModelConfig(device="cpu", dtype="fp32", batch_size=16), model=model, tokenizer=chat_tokenizer)
+    profile = Profile(name="Maya Chen", task="greet", demonstrations=[{"prompt": "Say hi", "output": "hello Maya"}],
+                      constraints={"sign_off": "Maya"}, eval_prompts=["Greet Sam", "Greet Ana", "Greet Bo"])
+    method = RLAIFMethod(backend, RLAIFConfig(
+        reward="rules:1", max_steps=14, batch_size=3, group_size=6, lr=5e-2, beta=0.0, max_new_tokens=6,
+        system_prompt=False, heldout_prompts=1, eval_every=7, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        checkpoint_every=7,
+    ))
+    probe = SamplingConfig(n=32, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=123)
+    before = _sign_off_rate(backend.generate([[{"role": "user", "content": "Say hi"}]], probe)[0])
+    run = RunDir(tmp_path / "rl")
+    method.fit(profile, run, progress=False)
+    after = _sign_off_rate(method.generate(["Say hi"], probe)[0])
+    rewards = [r["reward"] for r in run.metrics if r.get("phase") == "rlaif"]
+    assert after > before + 0.2, (before, after)
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4
+    # per-step diagnostics, timings, the held-out summary, the plot and the reloadable adapter are all there
+    row = next(r for r in run.metrics if r.get("phase") == "rlaif")
+    for key in ("kl", "mean_words", "placeholder_rate", "meta_rate", "violation_sign_off", "seconds_sampling",
+                "seconds_reward", "seconds_optimization", "reward_rules"):
+        assert key in row
+    assert (run.path / "hacking.png").stat().st_size > 0
+    assert "heldout" not in row  # rules is optimized, so auto picks no held-out evaluator, and says so
+    assert "not checked" in run.read_json("rl_summary.json")["verdict"]
+    assert (run.path / "adapter" / "adapter_config.json").is_file()
+    assert (run.path / "method.json").is_file()
+
+
+def test_token_logprobs_match_the_backend_scoring(tiny_backend):
+    """Left padding + logits_to_keep must give the same sums as the backend's own scorer."""
+    from personalign.methods.rlaif import token_logprobs
+
+    conv = [{"role": "user", "content": "Say hi"}]
+    pairs = [tiny_backend.prompt_completion_ids(conv, text) for text in ("hello there", "a much longer reply here")]
+    logp, mask = token_logprobs(tiny_backend.model, pairs, tiny_backend.tokenizer.pad_token_id, tiny_backend.device)
+    sums = (logp * mask).sum(dim=1)
+    expected = torch.tensor(tiny_backend.logprobs([conv, conv], ["hello there", "a much longer reply here"]))
+    assert torch.allclose(sums, expected, atol=1e-4)
+
+
+def test_pairwise_and_length_rewards_heldout_evaluation_and_resume(chat_tokenizer, tmp_path):
+    from personalign.backends.hf import HFBackend
+    from personalign.config import ModelConfig
+    from personalign.runs import RunDir
+
+    profile = Profile(name="Maya Chen", task="greet", demonstrations=[{"prompt": "Say hi", "output": "hello Maya"}],
+                      constraints={"sign_off": "Maya", "max_words": 3}, eval_prompts=["Greet Sam", "Greet Ana"])
+    fields = dict(reward="length:1,pairwise:0.5", pairwise_judge="rules", max_steps=2, batch_size=1, group_size=3,
+                  lr=1e-2, max_new_tokens=5, system_prompt=False, heldout_prompts=1, eval_every=1,
+                  checkpoint_every=1, lora={"r": 2, "alpha": 4, "dropout": 0.0})
+
+    def backend():
+        model = _restricted_llama(chat_tokenizer, [HELLO, MAYA, chat_tokenizer.eos_token_id])
+        return HFBackend(ModelConfig(device="cpu", dtype="fp32"), model=model, tokenizer=chat_tokenizer)
+
+    run = RunDir(tmp_path / "rl")
+    RLAIFMethod(backend(), RLAIFConfig(**fields)).fit(profile, run, progress=False)
+    rows = [r for r in run.metrics if r.get("phase") == "rlaif"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert 0.0 <= row["reward_pairwise"] <= 1.0 and -1.0 <= row["reward_length"] <= 0.0
+        assert row["heldout_evaluator"] == "rules" and 0.0 <= row["heldout"] <= 1.0  # rules is not optimized here
+        assert "eval_reward" in row
+    # resume: a longer run continues after step 2 instead of starting over
+    RLAIFMethod(backend(), RLAIFConfig(**{**fields, "max_steps": 3, "resume": True})).fit(profile, run, progress=False)
+    steps = [r["step"] for r in RunDir(run.path).metrics if r.get("phase") == "rlaif"]
+    assert steps == [1, 2, 3]
+    summary = RunDir(run.path).read_json("rl_summary.json")
+    assert summary["steps"] == 3 and summary["heldout_evaluator"] == "rules"
+
+
+def test_personalize_cli_routes_rlaif_and_generate_reloads_it(chat_tokenizer, example_profile_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_tiny_llama
+    from personalign.cli.main import app
+    from personalign.methods.base import load_personalizer
+
+    base = tmp_path / "tiny"
+    make_tiny_llama(chat_tokenizer, hidden=16, layers=1).save_pretrained(base)
+    chat_tokenizer.save_pretrained(base)
+    out = tmp_path / "run"
+    config = tmp_path / "rlaif.yaml"
+    config.write_text("method_config: {max_new_tokens: 8, batch_size: 1, group_size: 2, heldout_prompts: 1}\n")
+    result = CliRunner().invoke(app, [
+        "personalize", "--method", "rlaif", "--profile", str(example_profile_path), "--model", str(base),
+        "--dtype", "fp32", "--device", "cpu", "--max-steps", "2", "--reward", "rules:1,length:0.5", "--out", str(out),
+        "--config", str(config),
+    ])
+    assert result.exit_code == 0, result.output
+    assert (out / "method.json").is_file() and (out / "rl_summary.json").is_file()
+    personalizer = load_personalizer(out)
+    assert personalizer.name == "rlaif" and personalizer.config.reward == "rules:1,length:0.5"
+    from personalign.config import SamplingConfig
+
+    assert len(personalizer.generate(["Thank Sam."], SamplingConfig(max_new_tokens=4, n=1))[0]) == 1
+    bad = CliRunner().invoke(app, ["personalize", "--method", "rlaif", "--profile", str(example_profile_path),
+                                   "--reward", "bleu:1", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "unknown kind" in bad.output
