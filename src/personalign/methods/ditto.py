@@ -147,7 +147,7 @@ class DittoMethod(Personalizer):
     def quick_overrides(cls) -> dict[str, Any]:
         # ≈2-3 minutes on 2 CPU cores with the default model (see BENCHMARKS.md, training).
         return {"sft_steps": 16, "batch_size": 4, "iterations": 2, "steps_per_iteration": 3, "samples_per_prompt": 2,
-                "pairs_per_step": 4, "sample_max_new_tokens": 128, "max_length": 320}
+                "pairs_per_step": 4, "sample_max_new_tokens": 96, "max_length": 320}
 
     def conversation(self, prompt: str) -> Conversation:
         return [{"role": "user", "content": prompt}]

@@ -113,6 +113,52 @@ def run_method(name: str, cfg: BenchConfig, feats: Featurized, tax: TaxFeatures 
     return result
 
 
+def _timed_run(name: str, cfg: BenchConfig, feats: Featurized, tax: TaxFeatures | None, minority: list[str],
+               progress: Progress) -> dict[str, Any]:
+    start = time.perf_counter()
+    seed_everything(cfg.seed)
+    result = run_method(name, cfg, feats, tax, minority, progress)
+    result["timing"]["total_s"] = time.perf_counter() - start
+    return result
+
+
+# Longest first, so two workers finish together (measured on DSP and the synthetic users).
+COST_ORDER = ("gpo", "vpl", "lora", "soups", "individual", "personalized", "conditional", "vanilla", "rag")
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(cfg_data: dict[str, Any], shared: tuple[Featurized, TaxFeatures | None, list[str]],
+                 threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["cfg"] = BenchConfig.model_validate(cfg_data)
+    _WORKER["shared"] = shared
+
+
+def _worker_run(name: str) -> dict[str, Any]:
+    feats, tax, minority = _WORKER["shared"]
+    return _timed_run(name, _WORKER["cfg"], feats, tax, minority, Progress(False))
+
+
+def run_parallel(cfg: BenchConfig, names: list[str], jobs: int,
+                 shared: tuple[Featurized, TaxFeatures | None, list[str]],
+                 finish: Callable[[str, dict[str, Any]], None], progress: Progress, dataset: str) -> None:
+    """Methods in `jobs` worker processes: each head trains single-threaded, so two cores run two methods.
+    Workers are spawned (not forked: a fork after torch started its thread pool can hang) and get the
+    embeddings once, at start-up."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    order = sorted(names, key=lambda n: COST_ORDER.index(n) if n in COST_ORDER else -1)
+    tick = progress.task(f"{dataset}: methods ({jobs} workers)", len(order))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init,
+                             initargs=(cfg.to_dict(), shared, cfg.torch_threads)) as pool:
+        futures = {pool.submit(_worker_run, name): name for name in order}
+        for done, future in enumerate(as_completed(futures), start=1):
+            finish(futures[future], future.result())
+            tick(done)
+
+
 def run_dataset(cfg: BenchConfig, dataset: str, run: RunDir, progress: Progress) -> dict[str, Any]:
     """One data set: load, characterize, embed, then every method (skipping ones already done)."""
     from personalign.io import atomic_write_json
@@ -143,30 +189,38 @@ def run_dataset(cfg: BenchConfig, dataset: str, run: RunDir, progress: Progress)
 
     methods_dir = run.path / "methods"
     results: dict[str, Any] = {}
-    with torch_threads(cfg.torch_threads):
-        for name in cfg.method_list():
-            fingerprint = cfg.fingerprint(dataset, name)
-            cached = methods_dir / f"{name}.json"
-            if cfg.resume and cached.is_file():
-                previous = json.loads(cached.read_text(encoding="utf-8"))
-                if previous.get("fingerprint") == fingerprint:
-                    results[name] = previous["result"]
-                    progress.log(f"{dataset}/{name}: reusing finished result ({cached})")
-                    continue
-            start = time.perf_counter()
-            progress.log(f"{dataset}/{name}: training")
-            seed_everything(cfg.seed)
-            result = run_method(name, cfg, feats, tax, chars["minority_users"], progress)
-            result["timing"]["total_s"] = time.perf_counter() - start
-            atomic_write_json(cached, {"fingerprint": fingerprint, "result": result})
-            results[name] = result
-            run.log_metrics({"dataset": dataset, "method": name, "mean_acc": result["mean_acc"],
-                             "worst_acc": result["worst_acc"], "minority_acc": result["minority_acc"],
-                             **{f"tax_{k}": v for k, v in result.get("tax", {}).items()},
-                             **{f"adapt_{k}": v for k, v in result.get("adaptation", {}).items()},
-                             "seconds": result["timing"]["total_s"]})
-            progress.log(f"{dataset}/{name}: mean {result['mean_acc']:.3f}, worst {result['worst_acc']:.3f} "
-                         f"({result['timing']['total_s']:.1f} s)")
+    pending: list[str] = []
+    for name in cfg.method_list():
+        cached = methods_dir / f"{name}.json"
+        if cfg.resume and cached.is_file():
+            previous = json.loads(cached.read_text(encoding="utf-8"))
+            if previous.get("fingerprint") == cfg.fingerprint(dataset, name):
+                results[name] = previous["result"]
+                progress.log(f"{dataset}/{name}: reusing finished result ({cached})")
+                continue
+        pending.append(name)
+
+    def finish(name: str, result: dict[str, Any]) -> None:
+        atomic_write_json(methods_dir / f"{name}.json", {"fingerprint": cfg.fingerprint(dataset, name),
+                                                         "result": result})
+        results[name] = result
+        run.log_metrics({"dataset": dataset, "method": name, "mean_acc": result["mean_acc"],
+                         "worst_acc": result["worst_acc"], "minority_acc": result["minority_acc"],
+                         **{f"tax_{k}": v for k, v in result.get("tax", {}).items()},
+                         **{f"adapt_{k}": v for k, v in result.get("adaptation", {}).items()},
+                         "seconds": result["timing"]["total_s"]})
+        progress.log(f"{dataset}/{name}: mean {result['mean_acc']:.3f}, worst {result['worst_acc']:.3f} "
+                     f"({result['timing']['total_s']:.1f} s)")
+
+    jobs = min(cfg.jobs, len(pending))
+    if jobs > 1:
+        run_parallel(cfg, pending, jobs, (feats, tax, chars["minority_users"]), finish, progress, dataset)
+    else:
+        with torch_threads(cfg.torch_threads):
+            for name in pending:
+                progress.log(f"{dataset}/{name}: training")
+                finish(name, _timed_run(name, cfg, feats, tax, chars["minority_users"], progress))
+    results = {name: results[name] for name in cfg.method_list() if name in results}
     baselines = {
         "majority_vote": {u: v["majority_acc"] for u, v in chars["per_user"].items()},
         "oracle": {u: v["oracle_acc"] for u, v in chars["per_user"].items()},

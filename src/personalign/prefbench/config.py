@@ -82,6 +82,7 @@ class BenchConfig(DataOptions):
     ks: list[int] = Field(default_factory=lambda: [10, 30, 100, 300], description="labeled pairs per new user")
     adapt_folds: int = Field(2, ge=2, description="user folds: each fold's users are held out once (each fold "
                                                    "retrains every method)")
+    jobs: int = Field(2, ge=1, description="methods trained at once, in worker processes (1 = in-process)")
     torch_threads: int = Field(1, ge=1, description="torch threads while training heads (small ops run "
                                                      "fastest single-threaded)")
     plots: bool = True
@@ -132,7 +133,7 @@ class BenchConfig(DataOptions):
     def fingerprint(self, dataset: str, method: str) -> str:
         """Hash of everything that changes a method's results (not where they go or how they are shown)."""
         data = self.effective().to_dict()
-        for key in ("methods", "out", "plots", "resume", "torch_threads", "dataset", "quick"):
+        for key in ("methods", "out", "plots", "resume", "torch_threads", "jobs", "dataset", "quick"):
             data.pop(key, None)
         data["options"] = data["options"].get(method)
         payload = json.dumps({"dataset": dataset, "method": method, **data}, sort_keys=True)
