@@ -115,16 +115,20 @@ class LoRA(PrefMethod):
         self.encoder.train()
         self.losses = train_minibatch(params, loss, len(pairs), cfg, self.seed, steps=o.steps)
         self.encoder.eval()
+        self._memo: dict[str, torch.Tensor] = {}
 
     def embed(self, texts: Sequence[str], ids: np.ndarray) -> dict[int, torch.Tensor]:
-        """Embeddings of the distinct texts `ids` through the adapted backbone (no gradient)."""
-        unique = np.unique(ids)
+        """Embeddings of the distinct texts `ids` through the adapted backbone (no gradient). The backbone is
+        frozen after fit, so vectors are memoized by text: a tax set scored once per user embeds once."""
         out: dict[int, torch.Tensor] = {}
+        todo = [int(i) for i in np.unique(ids) if texts[int(i)] not in self._memo]
         with torch.no_grad():
-            for s in range(0, len(unique), self.options.embed_batch):
-                chunk = unique[s : s + self.options.embed_batch]
+            for s in range(0, len(todo), self.options.embed_batch):
+                chunk = todo[s : s + self.options.embed_batch]
                 for i, e in zip(chunk, self.encoder([texts[j] for j in chunk]), strict=True):
-                    out[int(i)] = e
+                    self._memo[texts[i]] = e
+        for i in np.unique(ids):
+            out[int(i)] = self._memo[texts[int(i)]]
         return out
 
     def _margins(self, pairs: PairSet) -> np.ndarray:
