@@ -57,6 +57,12 @@ def read_text(path: str | Path) -> str:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a JSONL file; a bad line raises an error naming file and line."""
+    for _, row in enumerate_jsonl(path):
+        yield row
+
+
+def enumerate_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) so callers validating fields can name the line."""
     for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -66,7 +72,7 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-        yield row
+        yield lineno, row
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ step, since the data are fixed, which halves the forward passes per step (TRL's 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +15,7 @@ from pydantic import Field
 
 from personalign.backends.base import Conversation
 from personalign.errors import DataError, PersonalignError
-from personalign.io import read_text
+from personalign.io import enumerate_jsonl
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.training import (
     TrainConfig,
@@ -47,15 +46,7 @@ class DPOConfig(MethodConfig, TrainConfig):
 def load_pairs(path: str | Path) -> list[dict[str, str]]:
     """Read and validate a pair file; a bad line stops with file:line, the missing field and the fix."""
     rows: list[dict[str, str]] = []
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object with fields prompt, chosen, rejected")
+    for lineno, row in enumerate_jsonl(path):
         for key in PAIR_FIELDS:
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise DataError(
