@@ -53,6 +53,17 @@ def tiny_backend(chat_tokenizer):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run torch on one thread: tiny models are far faster that way (no spin-waiting threads on a busy CPU)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def example_profile_path() -> Path:
     return REPO / "configs" / "profiles" / "example.yaml"
 

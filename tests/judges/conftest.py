@@ -1,4 +1,4 @@
-"""Judge tests run torch on one thread: tiny models are far faster that way on a shared, busy CPU."""
+"""Judge tests run torch on one thread (the `one_torch_thread` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,5 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ from personalign.profiles.schema import Profile
 HELLO, MAYA = 33662, 14964  # " hello", " Maya" in the SmolLM2 vocabulary
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread, above all on a shared, busy CPU (no spin-waiting threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_group_advantages_by_hand():
