@@ -44,24 +44,30 @@ def throughput(cache: Path, n_long: int, n_short: int) -> dict[str, Any]:
     # One-line questions (~8 words): the regime where MiniLM's throughput is usually quoted.
     sentences = list(dict.fromkeys(p.prompt for p in synthetic.pairs))
     sentences = [f"{s} ({i})" for i in range(4) for s in sentences][:n_short]
-    emb = Embedder("minilm", cache_root=cache / "embeddings")
+    out: dict[str, Any] = {"load_before": load()}
     cpu0 = time.process_time()
-    start = time.perf_counter()
-    emb.encode(["warm up the model"])
-    out: dict[str, Any] = {"model_load_s": round(time.perf_counter() - start, 2), "load_before": load()}
-    for name, texts in (("dsp_prompt_response", long_texts), ("synthetic_response", short_texts),
-                        ("one_line_question", sentences)):
-        words = sum(len(t.split()) for t in texts) / len(texts)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        emb.encode(texts)
-        cold, cold_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    # fp32 is the baseline; "auto" is what personalign uses (bf16 on CPUs with native bf16 matmuls).
+    for dtype in ("fp32", "auto"):
+        emb = Embedder("minilm", cache_root=cache / "embeddings", dtype=dtype)
         start = time.perf_counter()
-        emb.encode(texts)
-        warm = time.perf_counter() - start
-        out[name] = {"n_texts": len(texts), "mean_words": round(words, 1),
-                     "cold_texts_per_s": round(len(texts) / cold, 1), "warm_texts_per_s": round(len(texts) / warm, 1),
-                     # texts per CPU-second; × 2 is the rate with both cores to itself
-                     "cold_texts_per_cpu_s": round(len(texts) / cold_cpu, 1)}
+        emb.encode(["warm up the model"])
+        row: dict[str, Any] = {"dtype": str(emb.torch_dtype).removeprefix("torch."), "batch_size": emb.batch_size,
+                               "model_load_s": round(time.perf_counter() - start, 2)}
+        for name, texts in (("dsp_prompt_response", long_texts), ("synthetic_response", short_texts),
+                            ("one_line_question", sentences)):
+            words = sum(len(t.split()) for t in texts) / len(texts)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            emb.encode(texts)
+            cold, cold_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            start = time.perf_counter()
+            emb.encode(texts)
+            warm = time.perf_counter() - start
+            row[name] = {"n_texts": len(texts), "mean_words": round(words, 1),
+                         "cold_texts_per_s": round(len(texts) / cold, 1),
+                         "warm_texts_per_s": round(len(texts) / warm, 1),
+                         # texts per CPU-second; × 2 is the rate with both cores to itself
+                         "cold_texts_per_cpu_s": round(len(texts) / cold_cpu, 1)}
+        out[dtype] = row
     out["load_after"] = load()
     out["cpu_s_total"] = round(time.process_time() - cpu0, 1)
     return out

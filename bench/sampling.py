@@ -1,6 +1,6 @@
 """Generation throughput of the hf backend vs a raw `model.generate` loop, and model load time.
 
-    python bench/sampling.py --out bench/results/sampling.json [--repeats 3] [--max-new-tokens 64]
+    python bench/sampling.py --out bench/results/sampling.json [--repeats 3] [--max-new-tokens 64] [--device cpu]
 
 Both implementations run greedy decoding on the same chat prompts in the same process, so their
 outputs (and token counts) are identical and the ratio isolates backend overhead. Tokens/s counts
@@ -51,7 +51,7 @@ def raw_generate(model, tokenizer, convs, max_new_tokens: int) -> int:
     """The baseline: what a user would write with transformers alone (left padding, one batch)."""
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
     tokenizer.padding_side = "left"
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              temperature=None, top_p=None, top_k=None)
@@ -73,17 +73,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/sampling.json"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     ensure_default_model()
     load_times = []
     for _ in range(3):
         start = time.perf_counter()
-        HFBackend(ModelConfig(device="cpu", dtype="fp32"))
+        HFBackend(ModelConfig(device=args.device, dtype="fp32"))
         load_times.append(time.perf_counter() - start)
     results = []
     for dtype in ("fp32", "bf16"):
-        backend = HFBackend(ModelConfig(device="cpu", dtype=dtype, batch_size=8))
+        backend = HFBackend(ModelConfig(device=args.device, dtype=dtype, batch_size=8))
         for batch_size in (1, 8):
             convs = [[{"role": "user", "content": p}] for p in PROMPTS[:batch_size]]
             backend_generate(backend, convs, 8)  # warm-up
@@ -108,7 +109,8 @@ def main() -> None:
             ratios[f"{dtype}_bs{batch_size}"] = round(ours / raw, 3)
     report = {
         "results": results, "load_s": round(statistics.median(load_times), 3), "ratio_vs_raw": ratios,
-        "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "versions": package_versions(),
+        "max_new_tokens": args.max_new_tokens, "device": str(backend.device), "threads": torch.get_num_threads(),
+        "versions": package_versions(),
     }
     atomic_write_json(args.out, report)
     print(json.dumps({"load_s": report["load_s"], "ratio_vs_raw": ratios}))

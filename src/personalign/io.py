@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -45,14 +46,19 @@ def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
 
 
 def read_text(path: str | Path) -> str:
-    """Read a UTF-8 file, turning missing files and bad encodings into one-line errors."""
+    """Read a UTF-8 file (gzip-compressed when it ends in .gz), turning missing files, bad encodings and
+    broken archives into one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path")
     try:
+        if path.suffix == ".gz":
+            return gzip.decompress(path.read_bytes()).decode("utf-8")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable gzip file ({exc}); re-download or re-compress it") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

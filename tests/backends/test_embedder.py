@@ -21,3 +21,13 @@ def test_embeddings_are_unit_norm_semantic_and_cached(tmp_path):
     assert fresh.cache_hits == 3 and fresh.cache_misses == 0
     assert np.allclose(again[0], vectors[2]) and np.allclose(again[1], vectors[0])
     assert embedder.encode([]).shape == (0, 384)
+
+
+def test_bf16_and_fp32_agree_but_never_share_a_cache(tmp_path):
+    texts = ["Warmly, Maya", "Please find the report attached.", "The volcano erupted violently."]
+    fp32, bf16 = (Embedder("minilm", cache_root=tmp_path, dtype=d) for d in ("fp32", "bf16"))
+    a, b = fp32.encode(texts), bf16.encode(texts)
+    assert bf16.cache_misses == 3  # fp32 vectors already cached for the same texts were not reused
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.99 and not np.array_equal(a, b)
+    assert len(list(tmp_path.glob("*.sqlite"))) == 2

@@ -170,11 +170,9 @@ DEMO_METHODS = ("base", "prompt", "prompt-rag", "sft", "ditto")
 
 
 def finish_demo(run_path: Path) -> None:
-    """Hook for the report (evaluation issue): write and print the report path when available."""
-    try:
-        from personalign.evaluation.report import write_report
-    except ImportError:
-        return
+    """Write the HTML report of the demo run and print its path."""
+    from personalign.evaluation.report import write_report
+
     report = write_report([run_path], run_path / "report.html")
     console.print(f"report: [bold]{report}[/]")
 

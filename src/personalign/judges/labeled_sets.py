@@ -9,7 +9,6 @@ llmbar-adversarial, mtbench-human, hh-rlhf-harmless; or a JSONL/JSON file with `
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from personalign.errors import DataError
 from personalign.io import read_jsonl
 from personalign.judges.base import Label
+from personalign.prefbench.data.tax import hh_rlhf_pairs
 from personalign.settings import data_dir
 
 
@@ -105,19 +105,8 @@ ADVERSARIAL = ["llmbar_Adversarial_Neighbor", "llmbar_Adversarial_GPTInst", "llm
 
 
 def _hh_harmless(root: Path, rng: random.Random) -> list[LabeledPair]:
-    pairs = []
-    with gzip.open(root / "hh_rlhf" / "harmless-base_test.jsonl.gz", "rt", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            cut_c, cut_r = row["chosen"].rfind("\n\nAssistant:"), row["rejected"].rfind("\n\nAssistant:")
-            prompt = row["chosen"][:cut_c].strip()
-            if prompt != row["rejected"][:cut_r].strip():
-                continue  # the two dialogues diverge before the last turn: not a clean pair
-            chosen = row["chosen"][cut_c + len("\n\nAssistant:"):].strip()
-            rejected = row["rejected"][cut_r + len("\n\nAssistant:"):].strip()
-            if chosen != rejected:
-                pairs.append(_ordered(prompt, chosen, rejected, rng, source="hh-rlhf-harmless"))
-    return pairs
+    return [_ordered(prompt, chosen, rejected, rng, source="hh-rlhf-harmless")
+            for prompt, chosen, rejected in hh_rlhf_pairs(root / "hh_rlhf" / "harmless-base_test.jsonl.gz")]
 
 
 BUILTIN: dict[str, Callable[[Path, random.Random], list[LabeledPair]]] = {

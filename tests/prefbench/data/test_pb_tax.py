@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import pytest
 
 from personalign.errors import DataError
 from personalign.prefbench.data.tax import (
+    hh_rlhf_pairs,
     load_hh_harmless,
     load_llmbar,
     load_rmbench,
@@ -51,3 +54,18 @@ def test_dialogue_split() -> None:
     assert split_dialogue("Human: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d") == (
         "Human: a\n\nAssistant: b\n\nHuman: c", "d")
     assert split_dialogue("no turns") == ("", "no turns")
+
+
+def test_hh_pairs_keep_only_clean_last_turn_differences(tmp_path: Path) -> None:
+    head = "Human: hi\n\nAssistant: hello\n\nHuman: help me?"
+    rows = [
+        {"chosen": f"{head}\n\nAssistant: No.", "rejected": f"{head}\n\nAssistant: Sure!"},  # clean
+        {"chosen": f"{head}\n\nAssistant: Same.", "rejected": f"{head}\n\nAssistant: Same."},  # no difference
+        {"chosen": "Human: a\n\nAssistant: x", "rejected": "Human: b\n\nAssistant: y"},  # diverged earlier
+    ]
+    path = tmp_path / "hh.jsonl.gz"
+    path.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in rows).encode("utf-8")))
+    assert hh_rlhf_pairs(path) == [(head, "No.", "Sure!")]
+    path.write_bytes(gzip.compress(b'{"chosen": "x"}\n'))
+    with pytest.raises(DataError, match=r"hh\.jsonl\.gz:1: needs string fields 'chosen' and 'rejected'"):
+        hh_rlhf_pairs(path)

@@ -9,7 +9,6 @@ harmless-base test (→ safety). Each is mapped to `prompt, chosen, rejected, ca
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from personalign.errors import DataError
-from personalign.io import read_text
+from personalign.io import enumerate_jsonl, read_text
 from personalign.settings import data_dir
 
 TAX_CATEGORIES = ("chat", "chat_hard", "safety", "reasoning")
@@ -101,7 +100,7 @@ def load_xstest(root: Path) -> list[TaxPair]:
 
 
 def split_dialogue(text: str) -> tuple[str, str]:
-    """HH-RLHF dialogue → (everything up to the last Assistant turn, that turn's text)."""
+    """An Anthropic HH dialogue → (everything before the last assistant turn, that turn)."""
     marker = "\n\nAssistant:"
     cut = text.rfind(marker)
     if cut < 0:
@@ -109,24 +108,26 @@ def split_dialogue(text: str) -> tuple[str, str]:
     return text[:cut].strip(), text[cut + len(marker):].strip()
 
 
+def hh_rlhf_pairs(path: Path) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) of an HH-RLHF JSONL(.gz) file, keeping only clean pairs: the two dialogues
+    share everything before the last assistant turn and that turn differs."""
+    pairs = []
+    for lineno, rec in enumerate_jsonl(path):
+        if not isinstance(rec.get("chosen"), str) or not isinstance(rec.get("rejected"), str):
+            raise DataError(f"{path}:{lineno}: needs string fields 'chosen' and 'rejected'")
+        prompt, chosen = split_dialogue(rec["chosen"])
+        rejected_prompt, rejected = split_dialogue(rec["rejected"])
+        if prompt == rejected_prompt and chosen and rejected and chosen != rejected:
+            pairs.append((prompt, chosen, rejected))
+    return pairs
+
+
 def load_hh_harmless(root: Path) -> list[TaxPair]:
     path = root / "hh_rlhf" / "harmless-base_test.jsonl.gz"
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the data root (--data-dir)")
-    pairs = []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            prompt, chosen = split_dialogue(rec["chosen"])
-            _, rejected = split_dialogue(rec["rejected"])
-            if chosen and rejected and chosen != rejected:
-                pairs.append(TaxPair(prompt, chosen, rejected, "safety", "hh_rlhf/harmless-base"))
-    return pairs
+    return [TaxPair(prompt, chosen, rejected, "safety", "hh_rlhf/harmless-base")
+            for prompt, chosen, rejected in hh_rlhf_pairs(path)]
 
 
 TAX_SOURCES = {"llmbar": load_llmbar, "rm_bench": load_rmbench, "xstest": load_xstest, "hh_harmless": load_hh_harmless}

@@ -1,0 +1,31 @@
+"""io: JSONL from plain and gzip files, with errors that name the file and the line."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from personalign.errors import DataError
+from personalign.io import enumerate_jsonl, read_text
+
+
+def test_gzip_jsonl_reads_like_plain(tmp_path) -> None:
+    text = '{"a": 1}\n\n{"a": 2}\n'
+    plain, packed = tmp_path / "rows.jsonl", tmp_path / "rows.jsonl.gz"
+    plain.write_text(text, encoding="utf-8")
+    packed.write_bytes(gzip.compress(text.encode("utf-8")))
+    assert list(enumerate_jsonl(packed)) == list(enumerate_jsonl(plain)) == [(1, {"a": 1}), (3, {"a": 2})]
+
+
+def test_bad_files_name_the_problem(tmp_path) -> None:
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"broken\.jsonl\.gz: not a readable gzip file"):
+        read_text(broken)
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text('{"a": 1}\n{oops\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
+        list(enumerate_jsonl(bad_line))
+    with pytest.raises(DataError, match="file not found"):
+        read_text(tmp_path / "missing.jsonl")
