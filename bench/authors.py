@@ -49,20 +49,21 @@ def judge(dataset: str, weights: list[float], pool: int) -> dict:
     return results
 
 
-def collect(run_dir: Path, seconds: float | None) -> dict:
-    if (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
-    else:  # an interrupted run: summarize what finished (marked partial)
-        import yaml
+def collect(run_dir: Path, seconds: float | None, tie_margin: float | None = None) -> dict:
+    """Summarize a run dir from its outputs (finished or interrupted), with the run's tie margin unless given."""
+    import yaml
 
-        from personalign.evaluation.authors_benchmark import summarize
-        from personalign.io import read_jsonl
+    from personalign.evaluation.authors_benchmark import summarize
+    from personalign.io import read_jsonl
 
-        rows, metrics = read_jsonl(run_dir / "outputs.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        summary = summarize(rows, metrics, methods, n_boot=2000) | {
-            "dataset": config["dataset"], "authors": sorted({r["author"] for r in rows}), "partial": True}
+    rows, metrics = read_jsonl(run_dir / "outputs.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    margin = config.get("tie_margin", 0.0) if tie_margin is None else tie_margin
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    authors = sorted({r["author"] for r in rows})
+    summary = summarize(rows, metrics, methods, n_boot=2000, tie_margin=margin) | {
+        "dataset": config["dataset"], "authors": authors, "tie_margin": margin,
+        "partial": not (run_dir / "summary.json").is_file()}
     env = json.loads((run_dir / "env.json").read_text())
     return {"run_dir": str(run_dir), "wall_seconds": seconds, "env": {k: env.get(k) for k in ("cpu_count", "device")},
             "summary": summary}
@@ -81,6 +82,7 @@ def main() -> None:
     c = sub.add_parser("collect")
     c.add_argument("run_dir", type=Path)
     c.add_argument("--seconds", type=float, default=None)
+    c.add_argument("--tie-margin", type=float, default=None, help="default: the run's own")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.what == "judge":
@@ -96,7 +98,7 @@ def main() -> None:
         out = collect(run.path, round(time.perf_counter() - start, 1))
         atomic_write_json(RESULTS / f"authors_quick_{args.dataset}.json", out)
     else:
-        out = collect(args.run_dir, args.seconds)
+        out = collect(args.run_dir, args.seconds, args.tie_margin)
         dataset = out["summary"].get("dataset", "x")
         atomic_write_json(RESULTS / f"authors_quick_{dataset}.json", out)
 

@@ -37,7 +37,9 @@ class ModelConfig(Config):
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     adapter: str | None = Field(None, description="folder of a LoRA adapter to load on top")
-    batch_size: int = Field(8, ge=1, description="prompts per generation batch")
+    batch_size: int | None = Field(
+        None, ge=1, description="sequences per generation batch; None = 8 on CPU, 64 on a GPU (launch-bound there)"
+    )
 
 
 class SamplingConfig(Config):

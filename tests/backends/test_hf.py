@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from personalign.backends.base import truncate_at_stop
-from personalign.backends.hf import HFBackend, resolve_dtype, sequence_logprobs
+from personalign.backends.hf import HFBackend, default_batch_size, resolve_dtype, sequence_logprobs
 from personalign.config import ModelConfig, SamplingConfig
 from personalign.errors import PersonalignError
 
@@ -47,6 +47,16 @@ def test_greedy_batch_matches_one_at_a_time(tiny_backend):
     together = tiny_backend.generate(convs, greedy)
     alone = [tiny_backend.generate([c], greedy)[0] for c in convs]
     assert together == alone
+
+
+def test_batch_size_defaults_by_device_and_config_wins(tiny_backend):
+    assert (default_batch_size(torch.device("cpu")), default_batch_size(torch.device("cuda"))) == (8, 64)
+    assert tiny_backend.batch_size == 8
+    explicit = HFBackend(ModelConfig(device="cpu", batch_size=1), model=tiny_backend.model,
+                         tokenizer=tiny_backend.tokenizer)
+    convs = [CONV, [{"role": "user", "content": "A much longer request about a meeting next week, please."}]]
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    assert explicit.batch_size == 1 and explicit.generate(convs, greedy) == tiny_backend.generate(convs, greedy)
 
 
 def test_logprobs_equal_a_manual_token_by_token_sum(tiny_backend):

@@ -75,7 +75,7 @@ class Embedder:
     def __init__(
         self,
         model: str = DEFAULT_EMBEDDER,
-        batch_size: int = 32,
+        batch_size: int = 64,
         device: str | None = None,
         cache: bool = True,
         cache_root: str | Path | None = None,
@@ -84,11 +84,11 @@ class Embedder:
         from personalign.backends.hf import resolve_device, resolve_dtype
 
         self.model_name = model
-        # 32 pads less than 64 on mixed-length texts (measured faster in bench/prefbench.py's embedding rows).
         self.batch_size = batch_size
         self._device = device
-        # bf16 where the CPU/GPU has native bf16 matmuls: 1.7-1.9x the fp32 throughput on this project's CPU,
-        # cosine to the fp32 vector >= 0.998. The dtype is part of the cache key, so the two never mix.
+        # bf16 where the CPU/GPU has native bf16 matmuls ("auto"): 1.5-1.7x the fp32 throughput on an
+        # avx512_bf16 CPU, cosine >= 0.998 to fp32. Batches are never padded (see _embed), so vectors do not
+        # depend on batch mates in either dtype. The dtype is part of the cache key, so the two never mix.
         self.torch_dtype = resolve_dtype(dtype, resolve_device(device or "auto"))
         self._model = None
         self._path = resolve_embedder_path(model)
@@ -129,6 +129,33 @@ class Embedder:
             self._cache = EmbeddingCache(self._cache_root / f"{name}-{tag}.sqlite", self.dim)
         return self._cache
 
+    def _embed(self, texts: list[str], progress: bool) -> np.ndarray:
+        """Embed texts in batches of equal token length, so no batch is padded.
+
+        Written by hand because sentence-transformers pads each batch to its longest text, and a padded
+        batch changes a text's vector (up to ~1e-3 in bf16, ~1e-7 in fp32). Without padding a text's
+        vector is the same whatever it is batched with, so cached and fresh vectors agree and a benchmark
+        does not depend on what the cache saw before. Grouping by length also skips the compute on pads.
+        """
+        from rich.progress import Progress
+
+        model = self.model
+        # The model's own tokenization (truncation included), so lengths are the ones encode() will see.
+        lengths = model.preprocess(texts)["attention_mask"].sum(dim=1).tolist()
+        by_length: dict[int, list[int]] = {}
+        for index, length in enumerate(lengths):
+            by_length.setdefault(int(length), []).append(index)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with Progress(disable=not progress or len(texts) <= self.batch_size, transient=True) as bar:
+            task = bar.add_task("embedding", total=len(texts))
+            for indices in by_length.values():
+                vectors = model.encode([texts[i] for i in indices], batch_size=self.batch_size,
+                                       show_progress_bar=False, convert_to_numpy=True)
+                out[indices] = vectors.astype(np.float32)
+                bar.advance(task, len(indices))
+        # Normalize in fp32: a bf16 model's own normalization leaves norms ~1e-3 off unit.
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Embed `texts` → (len(texts), dim) float32, L2-normalized; cached texts are not recomputed."""
         texts = list(texts)
@@ -143,26 +170,20 @@ class Embedder:
         self.cache_hits += len(texts) - sum(1 for k in keys if k in missing_keys)
         self.cache_misses += len(missing_keys)
         if missing_keys:
-            new = self.model.encode(
-                list(missing_keys.values()),
-                batch_size=self.batch_size,
-                show_progress_bar=progress and len(missing_keys) > self.batch_size,
-                convert_to_numpy=True,
-            ).astype(np.float32)
-            # Normalize in fp32: a bf16 model's own normalization leaves norms ~1e-3 off unit.
-            new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
-            fresh = dict(zip(missing_keys, new, strict=True))
+            fresh = dict(zip(missing_keys, self._embed(list(missing_keys.values()), progress), strict=True))
             if self._use_cache:
                 self._get_cache().put_many(fresh)
             cached = {**cached, **fresh}
         return np.stack([cached[k] for k in keys]).astype(np.float32)
 
 
-_SHARED: dict[str, Embedder] = {}
+_SHARED: dict[tuple[str, str, str], Embedder] = {}
 
 
-def get_embedder(model: str = DEFAULT_EMBEDDER) -> Embedder:
-    """A process-wide Embedder per model name, so the backbone is loaded once."""
-    if model not in _SHARED:
-        _SHARED[model] = Embedder(model)
-    return _SHARED[model]
+def get_embedder(model: str = DEFAULT_EMBEDDER, dtype: str = "auto") -> Embedder:
+    """A process-wide Embedder per (model name, dtype, cache folder), so the backbone is loaded once; a changed
+    $PERSONALIGN_CACHE gets its own, never one still writing to the old folder."""
+    key = (model, dtype, str(cache_dir()))
+    if key not in _SHARED:
+        _SHARED[key] = Embedder(model, dtype=dtype)
+    return _SHARED[key]

@@ -41,6 +41,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Generation batch when the config leaves it open. On a GPU a small model costs about the same time per
+    decoding step whatever the batch (launch-bound; BENCHMARKS.md, sampling), so batches are large there."""
+    return 64 if device.type == "cuda" else 8
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers; checked up front so offline machines fail fast, not after retries."""
     import socket
@@ -78,6 +84,7 @@ class HFBackend(TrainableBackend):
         """Load from `config`, or wrap an already-built `model` + `tokenizer` (tests, training loops)."""
         self.config = config or ModelConfig()
         self._device = resolve_device(self.config.device)
+        self.batch_size = self.config.batch_size or default_batch_size(self._device)
         if model is None:
             model, tokenizer = self._load(self.config)
         self.model = model
@@ -176,7 +183,7 @@ class HFBackend(TrainableBackend):
         encoded = [self.prompt_ids(c) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[list[str]] = [[] for _ in encoded]
-        batch_size = max(1, self.config.batch_size // max(1, sampling.n)) if sampling.n > 1 else self.config.batch_size
+        batch_size = max(1, self.batch_size // sampling.n)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         greedy = sampling.temperature == 0.0
         pad_id = self.tokenizer.pad_token_id

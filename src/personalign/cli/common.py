@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import click
 import typer
@@ -11,6 +12,13 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from personalign.errors import PersonalignError
+
+# Options shared by several commands (each maps to a config field of the command it is used in).
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with the same fields as the flags")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")]
+RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="write into (or resume) this run dir")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="folder holding the shared data sets")]
 
 # Tables need room: when output is not a terminal (pipes, CI logs) rich would fall back to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.markdown import Markdown
 
-from personalign.cli.common import PersonalignTyper, console, split_csv
+from personalign.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    OutOpt,
+    PersonalignTyper,
+    RunDirOpt,
+    console,
+    split_csv,
+)
 from personalign.config import resolve_config
 from personalign.errors import PersonalignError
 
@@ -34,18 +43,18 @@ def authors(
     methods: Annotated[str | None, typer.Option("--methods", help="e.g. base,prompt,prompt-rag,sft,ditto")] = None,
     quick: Annotated[bool | None, typer.Option("--quick/--full", help="3 authors, short outputs, fast methods")] = None,
     n_prompts: Annotated[int | None, typer.Option("--n-prompts", help="first K test prompts per author")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="resume into this run dir")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="folder holding ditto/")] = None,
+    out: OutOpt = None,
+    run_dir: RunDirOpt = None,
+    data_dir: DataDirOpt = None,
     model: Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a folder")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
+    device: DeviceOpt = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="tokens per output")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="sampling and judge seed")] = None,
     llm_judge: Annotated[str | None, typer.Option("--llm-judge", help="model for an extra LLM judge")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="also write report.html")] = True,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same fields as the flags")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Personalize to each DITTO author, generate for held-out prompts, judge, and print DITTO's win-rate table."""
     from personalign.evaluation.authors_benchmark import AuthorsBenchConfig, run_authors_benchmark, validity_line

@@ -9,14 +9,12 @@ import typer
 from pydantic import Field
 from rich.table import Table
 
-from personalign.cli.common import console, split_csv
+from personalign.cli.common import ConfigOpt, DeviceOpt, OutOpt, RunDirOpt, console, split_csv
 from personalign.config import Config, ModelConfig, SamplingConfig, resolve_config
 from personalign.errors import PersonalignError
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with the same fields as the flags")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a local folder")]
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="sampling seed")]
 TokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="tokens to generate per sample")]
 TempOpt = Annotated[float | None, typer.Option("--temperature", help="0 = greedy")]
@@ -77,8 +75,8 @@ def compare(
     methods: Annotated[str | None, typer.Option("--methods", help="comma list, e.g. base,prompt,prompt-rag")] = None,
     runs: Annotated[str | None, typer.Option("--runs", help="comma list of trained run dirs")] = None,
     n_prompts: Annotated[int | None, typer.Option("--n-prompts", help="first K eval prompts")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="resume into this run dir")] = None,
+    out: OutOpt = None,
+    run_dir: RunDirOpt = None,
     quick: Annotated[bool | None, typer.Option("--quick/--full", help="quick method settings")] = None,
     model: ModelOpt = None,
     dtype: DtypeOpt = None,
@@ -144,7 +142,7 @@ def show_summary(summary: dict[str, dict[str, Any]]) -> None:
 
 def demo(
     quick: Annotated[bool, typer.Option("--quick/--full", help="4 prompts × 96 tokens instead of 8 × 160")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
+    out: OutOpt = None,
     methods: Annotated[str | None, typer.Option("--methods", help="default: every method that exists")] = None,
     config: ConfigOpt = None,
 ) -> None:

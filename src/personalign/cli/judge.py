@@ -10,7 +10,7 @@ import typer
 from pydantic import Field
 from rich.table import Table
 
-from personalign.cli.common import console, split_csv
+from personalign.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, OutOpt, RunDirOpt, console, split_csv
 from personalign.config import Config, ModelConfig, resolve_config
 from personalign.errors import PersonalignError
 
@@ -109,18 +109,18 @@ def show_validation(summary: dict[str, Any], judge: str) -> None:
 def validate(
     judge: Annotated[str | None, typer.Option("--judge", help="rules | llm | rm")] = None,
     data: Annotated[str | None, typer.Option("--data", help="comma list of set names or files")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="shared data folder")] = None,
+    data_dir: DataDirOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", help="N random pairs per set (quick runs)")] = None,
     model: Annotated[str | None, typer.Option("--model", help="llm judge model: default, a folder or hub id")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
+    device: DeviceOpt = None,
     rm: Annotated[Path | None, typer.Option("--rm", help="reward-model run dir (for --judge rm)")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="judge with this profile's rubric")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="llm judge answer length")] = None,
     n_boot: Annotated[int | None, typer.Option("--n-boot", help="bootstrap resamples")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="resume into this run dir")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same fields")] = None,
+    out: OutOpt = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Accuracy, Cohen's kappa, tie / unparseable / position-bias rates of a judge, with bootstrap 95 % CIs."""
     cfg = resolve_config(JudgeValidateConfig, config, {

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import Field
 
-from personalign.cli.common import console
+from personalign.cli.common import ConfigOpt, DeviceOpt, console
 from personalign.config import Config, ModelConfig, resolve_config
 from personalign.errors import PersonalignError
 
@@ -103,8 +103,8 @@ def personalize(
     seed: Annotated[int | None, typer.Option("--seed", help="training seed")] = None,
     model: Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a local folder")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML of the same fields (configs/methods)")] = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Train a personalized adapter (sft, dpo or ditto) for a profile; `generate --run DIR` then uses it."""
     cfg = resolve_config(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from personalign.cli.common import console, split_csv
+from personalign.cli.common import ConfigOpt, console, split_csv
 from personalign.config import resolve_config
 from personalign.errors import PersonalignError
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with the same fields as the flags")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="root of the shared data sets")]
 DataPathOpt = Annotated[str | None, typer.Option("--data-path", help="local copy of a hub set, in the hub's schema")]
 SetOpt = Annotated[list[str] | None,
@@ -84,6 +82,8 @@ def register(app: typer.Typer) -> None:
                                                                       "rag (and lora: backbone fine-tuning)")] = None,
         backbone: Annotated[str | None, typer.Option("--backbone", help="minilm (packaged) or a "
                                                                         "sentence-transformers model")] = None,
+        embedder_dtype: Annotated[str | None, typer.Option("--embedder-dtype", help="auto (bf16 where supported) | "
+                                                                            "fp32 | bf16")] = None,
         quick: Annotated[bool | None, typer.Option("--quick/--full", help="small smoke run")] = None,
         out: Annotated[str | None, typer.Option("--out", help="output folder (results.json, table.md, plots)")] = None,
         seed: Annotated[int | None, typer.Option("--seed")] = None,
@@ -104,7 +104,8 @@ def register(app: typer.Typer) -> None:
         from personalign.prefbench.report import method_table
 
         cfg = resolve_config(BenchConfig, config, {
-            "dataset": split_csv(dataset), "methods": split_csv(methods), "backbone": backbone, "quick": quick,
+            "dataset": split_csv(dataset), "methods": split_csv(methods), "backbone": backbone,
+            "embedder_dtype": embedder_dtype, "quick": quick,
             "out": out, "seed": seed, "tax": tax, "adaptation": adaptation,
             "ks": _ints(split_csv(ks), "--ks"), "resume": resume, "data_dir": data_dir,
             "data_path": data_path, **parse_set_options(set_),

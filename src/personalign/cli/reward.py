@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import Field
 
-from personalign.cli.common import console
+from personalign.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, OutOpt, RunDirOpt, console
 from personalign.config import Config, ModelConfig, resolve_config
 from personalign.errors import PersonalignError
 from personalign.judges.preference_pipeline import PreferenceConfig
@@ -84,13 +84,13 @@ def train(
     limit: Annotated[int | None, typer.Option("--limit", help="N pairs of a labeled set or file")] = None,
     pairs_per_prompt: Annotated[int | None, typer.Option("--pairs-per-prompt", help="sampled pairs per prompt")] = None,
     model: Annotated[str | None, typer.Option("--model", help="policy / llm-judge model")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="shared data folder")] = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="write into (or resume) this run dir")] = None,
+    out: OutOpt = None,
+    run_dir: RunDirOpt = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="continue from the last checkpoint")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same fields")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Train a Bradley-Terry reward model; held-out accuracy every N steps, checkpoints, --resume."""
     cfg = resolve_config(RewardTrainConfig, config, {

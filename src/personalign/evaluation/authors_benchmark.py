@@ -67,7 +67,8 @@ class AuthorsBenchConfig(Config):
     judge_embedding_weight: float = Field(0.3, ge=0.0, description="MiniLM weight beside char n-grams (0 = off)")
     llm_judge: str | None = Field(None, description="LLM judge model (off by default: a 135M judge proves nothing)")
     n_boot: int = Field(2000, ge=100, description="bootstrap resamples (over authors) for the CIs")
-    tie_margin: float = Field(0.0, ge=0.0, description="score gap at or below which a prompt is a tie")
+    # Every evaluator here lies on a 0-1 scale; without a margin P(author) = 2e-6 "beats" 1e-6.
+    tie_margin: float = Field(0.01, ge=0.0, description="score gap at or below which a prompt is a tie")
 
     def resolved_methods(self) -> list[str]:
         if self.methods:

@@ -78,10 +78,10 @@ class Progress:
             self._progress.console.log(message)
 
 
-def _encoder(backbone: str) -> Any:
+def _encoder(backbone: str, dtype: str) -> Any:
     from personalign.backends.embedder import get_embedder
 
-    return get_embedder(backbone)
+    return get_embedder(backbone, dtype)
 
 
 def run_method(name: str, cfg: BenchConfig, feats: Featurized, tax: TaxFeatures | None, minority: list[str],
@@ -172,7 +172,7 @@ def run_dataset(cfg: BenchConfig, dataset: str, run: RunDir, progress: Progress)
     run.write_json("characterization.json", chars)
     timing["load_s"] = time.perf_counter() - start
 
-    embedder = _encoder(cfg.backbone)
+    embedder = _encoder(cfg.backbone, cfg.embedder_dtype)
     hits0, misses0 = embedder.cache_hits, embedder.cache_misses
     start = time.perf_counter()
     feats = featurize(data, embedder.encode, max_prompt_chars=cfg.max_prompt_chars,

@@ -6,12 +6,27 @@ An episode is one user: C labeled *context* pairs (what the model may condition 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
+from torch import nn
 
-from personalign.prefbench.methods.base import PairSet
+from personalign.config import Config
+from personalign.prefbench.methods.base import PairSet, PrefMethod, tensor
+
+
+class EpisodeOptions(Config):
+    """Episode sizes shared by the meta-learners; each method overrides the defaults it needs."""
+
+    steps: int = Field(500, ge=1, description="training steps (each a batch of user episodes)")
+    episodes: int = Field(16, ge=1, description="user episodes per step")
+    context_min: int = Field(4, ge=1)
+    context_max: int = Field(64, ge=1, description="most context pairs per training episode")
+    targets: int = Field(32, ge=1, description="target pairs per training episode")
+    eval_context: int = Field(128, ge=1, description="most context pairs a user is evaluated with")
 
 
 @dataclass
@@ -62,3 +77,30 @@ def fixed_context(pairs: PairSet, limit: int, seed: int) -> PairSet:
         return pairs
     rng = np.random.default_rng(seed)
     return pairs.subset(np.sort(rng.choice(len(pairs), size=limit, replace=False)))
+
+
+def train_on_episodes(method: PrefMethod, model: nn.Module, pairs: PairSet,
+                      episode_loss: Callable[[Episodes], torch.Tensor]) -> list[float]:
+    """AdamW over `method.options.steps` batches of random user episodes; returns the loss per step."""
+    o, cfg = method.options, method.train_cfg
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(method.seed)
+    rows = user_rows(pairs, method.n_users)
+    losses: list[float] = []
+    for _ in range(o.steps):
+        loss = episode_loss(sample_episodes(pairs, rows, o.episodes, o.context_min, o.context_max, o.targets, rng))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def margins_by_user(pairs: PairSet, margin: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """score(a) − score(b) of every pair, computed one user at a time by `margin(user, a, b)`."""
+    out = np.zeros(len(pairs), dtype=np.float32)
+    for u in np.unique(pairs.users):
+        rows = np.flatnonzero(pairs.users == u)
+        out[rows] = margin(int(u), tensor(pairs.a[rows]), tensor(pairs.b[rows])).numpy()
+    return out

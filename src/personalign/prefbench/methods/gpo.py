@@ -18,19 +18,22 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from personalign.config import Config
 from personalign.prefbench.methods.base import PairSet, PrefMethod, tensor
-from personalign.prefbench.methods.episodes import fixed_context, sample_episodes, user_rows
+from personalign.prefbench.methods.episodes import (
+    EpisodeOptions,
+    Episodes,
+    fixed_context,
+    margins_by_user,
+    train_on_episodes,
+)
 
 
-class GPOOptions(Config):
+class GPOOptions(EpisodeOptions):
     d_model: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     ff: int = Field(128, ge=1)
-    steps: int = Field(500, ge=1, description="training steps (each a batch of user episodes)")
     episodes: int = Field(8, ge=1, description="user episodes per step")
-    context_min: int = Field(4, ge=1)
     context_max: int = Field(32, ge=1, description="most context pairs per training episode")
     targets: int = Field(16, ge=1, description="target pairs per training episode")
     eval_context: int = Field(64, ge=1, description="most context pairs a user is evaluated with")
@@ -96,25 +99,16 @@ class GPO(PrefMethod):
     Options = GPOOptions
 
     def _fit(self, pairs: PairSet) -> None:
-        o = self.options
-        self.model = GPOModel(self.dim, o)
+        self.model = GPOModel(self.dim, self.options)
         self.model.standardize_from(torch.cat([tensor(pairs.a), tensor(pairs.b)]))
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
-        rng = np.random.default_rng(self.seed)
-        rows = user_rows(pairs, self.n_users)
-        self.losses: list[float] = []
-        for _ in range(o.steps):
-            ep = sample_episodes(pairs, rows, o.episodes, o.context_min, o.context_max, o.targets, rng)
+
+        def episode_loss(ep: Episodes) -> torch.Tensor:
             ctx, ctx_mask = context_tokens(ep.ctx_a, ep.ctx_b, ep.ctx_mask)
             n_tar = ep.tar_a.shape[1]
             scores = self.model(ctx, ctx_mask, torch.cat([tokens(ep.tar_a, 0.0), tokens(ep.tar_b, 0.0)], dim=1))
-            margin = scores[:, :n_tar] - scores[:, n_tar:]
-            loss = nn.functional.softplus(-margin)[ep.tar_mask].mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.losses.append(float(loss.detach()))
-        self.model.eval()
+            return nn.functional.softplus(-(scores[:, :n_tar] - scores[:, n_tar:]))[ep.tar_mask].mean()
+
+        self.losses = train_on_episodes(self, self.model, pairs, episode_loss)
         self.contexts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for u in range(self.n_users):
             self._add_user(u, pairs.for_user(u))
@@ -132,9 +126,4 @@ class GPO(PrefMethod):
         return torch.cat(parts)
 
     def _margins(self, pairs: PairSet) -> np.ndarray:
-        out = np.zeros(len(pairs), dtype=np.float32)
-        for u in np.unique(pairs.users):
-            rows = np.flatnonzero(pairs.users == u)
-            a, b = tensor(pairs.a[rows]), tensor(pairs.b[rows])
-            out[rows] = (self.scores(int(u), a) - self.scores(int(u), b)).numpy()
-        return out
+        return margins_by_user(pairs, lambda u, a, b: self.scores(u, a) - self.scores(u, b))

@@ -4,7 +4,9 @@ Same interface as every method, but it reads the pair *texts* (`PairSet.texts` w
 re-embeds them through the adapted backbone instead of using the cached embeddings. `head=personalized`
 is P-RM (shared + user offsets, α·user + (1 − α)·generic loss), the strongest variant in Dong et al.;
 `head=vanilla` one shared RM. The backbone is MiniLM by default (mean pooling, as sentence-transformers
-does), or any Hugging Face encoder / causal LM folder. Costly on CPU: not part of `--methods all`.
+does), or any Hugging Face encoder / causal LM folder. The backbone runs on `device` (a GPU when there is
+one); the small head stays on the CPU like every other method's, and gradients cross over through the
+copy. Costly on CPU: not part of `--methods all`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class LoRAOptions(Config):
     lr: float = Field(2e-4, gt=0)
     max_length: int = Field(256, ge=8, description="tokens per text")
     embed_batch: int = Field(64, ge=1, description="texts per forward pass when scoring")
+    device: str = Field("auto", description="where the backbone runs: auto (a GPU if visible), cpu, cuda, ...")
 
 
 def target_modules(model: nn.Module) -> list[str]:
@@ -48,12 +51,13 @@ def target_modules(model: nn.Module) -> list[str]:
 class LoRAEncoder(nn.Module):
     """Texts → mean-pooled, L2-normalized embeddings from a LoRA-adapted backbone."""
 
-    def __init__(self, backbone: str, rank: int, lora_alpha: int, max_length: int):
+    def __init__(self, backbone: str, rank: int, lora_alpha: int, max_length: int, device: str = "cpu"):
         super().__init__()
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModel, AutoTokenizer
 
         from personalign.backends.embedder import resolve_embedder_path
+        from personalign.backends.hf import resolve_device
 
         path = resolve_embedder_path(backbone)
         try:
@@ -65,17 +69,18 @@ class LoRAEncoder(nn.Module):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         config = LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=target_modules(base))
-        self.model = get_peft_model(base, config)
+        self.device = resolve_device(device)
+        self.model = get_peft_model(base, config).to(self.device)
         self.max_length = max_length
         self.dim = int(base.config.hidden_size)
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+                               return_tensors="pt").to(self.device)
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return nn.functional.normalize(pooled, dim=-1)
+        return nn.functional.normalize(pooled, dim=-1).float().cpu()
 
 
 class LoRA(PrefMethod):
@@ -93,7 +98,7 @@ class LoRA(PrefMethod):
     def _fit(self, pairs: PairSet) -> None:
         o = self.options
         texts, a_idx, b_idx = self._texts(pairs)
-        self.encoder = LoRAEncoder(o.backbone, o.rank, o.lora_alpha, o.max_length)
+        self.encoder = LoRAEncoder(o.backbone, o.rank, o.lora_alpha, o.max_length, o.device)
         dim = self.encoder.dim
         self.head = PRM(dim, self.train_cfg.hidden, self.n_users) if o.head == "personalized" else \
             RewardMLP(dim, self.train_cfg.hidden)

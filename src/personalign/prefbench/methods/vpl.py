@@ -14,20 +14,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from personalign.config import Config
 from personalign.prefbench.methods.base import PairSet, PrefMethod, kl_standard_normal, tensor
-from personalign.prefbench.methods.episodes import fixed_context, sample_episodes, user_rows
+from personalign.prefbench.methods.episodes import EpisodeOptions, fixed_context, margins_by_user, train_on_episodes
 
 
-class VPLOptions(Config):
+class VPLOptions(EpisodeOptions):
     latent_dim: int = Field(32, ge=1)
     kl_weight: float = Field(0.01, ge=0.0, description="β of the KL term (VPL's kl_loss_weight)")
-    steps: int = Field(500, ge=1, description="training steps (each a batch of user episodes)")
-    episodes: int = Field(16, ge=1, description="user episodes per step")
-    context_min: int = Field(4, ge=1)
-    context_max: int = Field(64, ge=1)
-    targets: int = Field(32, ge=1, description="target pairs per episode")
-    eval_context: int = Field(128, ge=1, description="most context pairs used to infer a user's z")
 
 
 class VPLModel(nn.Module):
@@ -73,20 +66,11 @@ class VPL(PrefMethod):
         return recon + self.options.kl_weight * kl, kl
 
     def _fit(self, pairs: PairSet) -> None:
-        o = self.options
-        self.model = VPLModel(self.dim, self.train_cfg.hidden, o.latent_dim)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
-        rng = np.random.default_rng(self.seed)
-        rows = user_rows(pairs, self.n_users)
-        self.losses: list[float] = []
-        for _ in range(o.steps):
-            ep = sample_episodes(pairs, rows, o.episodes, o.context_min, o.context_max, o.targets, rng)
-            loss, _ = self.loss(ep.ctx_a, ep.ctx_b, ep.ctx_mask, ep.tar_a, ep.tar_b, ep.tar_mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.losses.append(float(loss.detach()))
-        self.model.eval()
+        self.model = VPLModel(self.dim, self.train_cfg.hidden, self.options.latent_dim)
+        self.losses = train_on_episodes(
+            self, self.model, pairs,
+            lambda ep: self.loss(ep.ctx_a, ep.ctx_b, ep.ctx_mask, ep.tar_a, ep.tar_b, ep.tar_mask)[0],
+        )
         self.z: dict[int, torch.Tensor] = {}
         for u in range(self.n_users):
             self._add_context(u, pairs.for_user(u))
@@ -99,14 +83,11 @@ class VPL(PrefMethod):
         self.z[uid] = mean[0]
 
     def _margins(self, pairs: PairSet) -> np.ndarray:
-        out = np.zeros(len(pairs), dtype=np.float32)
-        for u in np.unique(pairs.users):
-            rows = np.flatnonzero(pairs.users == u)
-            z = self.z[int(u)][None]
-            ra = self.model.reward(tensor(pairs.a[rows])[None], z)[0]
-            rb = self.model.reward(tensor(pairs.b[rows])[None], z)[0]
-            out[rows] = (ra - rb).numpy()
-        return out
+        def margin(u: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            z = self.z[u][None]
+            return self.model.reward(a[None], z)[0] - self.model.reward(b[None], z)[0]
+
+        return margins_by_user(pairs, margin)
 
     def _add_user(self, uid: int, pairs: PairSet) -> None:
         self._add_context(uid, pairs)
