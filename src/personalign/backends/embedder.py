@@ -140,11 +140,13 @@ class Embedder:
         from rich.progress import Progress
 
         model = self.model
-        # The model's own tokenization (truncation included), so lengths are the ones encode() will see.
-        lengths = model.preprocess(texts)["attention_mask"].sum(dim=1).tolist()
+        # The model's own tokenization (truncation included), so lengths are the ones encode() will see; in
+        # chunks, because preprocess pads its input to the longest text.
+        lengths = [int(n) for start in range(0, len(texts), 4096)
+                   for n in model.preprocess(texts[start : start + 4096])["attention_mask"].sum(dim=1).tolist()]
         by_length: dict[int, list[int]] = {}
         for index, length in enumerate(lengths):
-            by_length.setdefault(int(length), []).append(index)
+            by_length.setdefault(length, []).append(index)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with Progress(disable=not progress or len(texts) <= self.batch_size, transient=True) as bar:
             task = bar.add_task("embedding", total=len(texts))
