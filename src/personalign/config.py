@@ -50,7 +50,8 @@ class SamplingConfig(Config):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(160, ge=1, description="160 tokens fit a 150-word email")
     repetition_penalty: float = Field(
-        1.0, gt=0.0, description="> 1 discourages repeats (CTRL-style); 1.0 samples the policy as is (RL, DITTO)"
+        1.0, gt=0.0, description="> 1 discourages repeating generated tokens (CTRL-style; prompt tokens are not "
+        "penalized); 1.0 samples the policy as is (RL, DITTO)"
     )
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
