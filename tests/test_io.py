@@ -29,3 +29,17 @@ def test_bad_files_name_the_problem(tmp_path) -> None:
         list(enumerate_jsonl(bad_line))
     with pytest.raises(DataError, match="file not found"):
         read_text(tmp_path / "missing.jsonl")
+
+
+def test_atomic_dir_replaces_on_success_and_keeps_the_old_folder_on_error(tmp_path) -> None:
+    from personalign.io import atomic_dir
+
+    target = tmp_path / "weights"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first", encoding="utf-8")
+    assert (target / "a.txt").read_text(encoding="utf-8") == "first"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half-written", encoding="utf-8")
+        raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text(encoding="utf-8") == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["weights"]  # no temp folder left behind

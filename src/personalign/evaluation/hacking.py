@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personalign.io import save_png
 from personalign.judges.rules import (
     PLACEHOLDER,
     check_text,
@@ -127,8 +128,6 @@ def describe_changes(first: dict[str, Any], last: dict[str, Any], reward_key: st
 def plot_diagnostics(records: Sequence[dict[str, Any]], path: str | Path, divergence: Divergence | None = None,
                      reward_key: str = "reward", heldout_key: str = "heldout") -> Path:
     """Three panels (rewards, length, tell/violation rates) over steps; the divergence is shaded. Atomic write."""
-    import os
-    import tempfile
 
     import matplotlib
 
@@ -165,11 +164,4 @@ def plot_diagnostics(records: Sequence[dict[str, Any]], path: str | Path, diverg
             ax.axvspan(divergence.step, divergence.until_step, color="red", alpha=0.12)
         axes[0].set_title(divergence.message, fontsize=8, color="darkred")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)

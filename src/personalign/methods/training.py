@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from pydantic import Field
 
 from personalign.config import Config
 from personalign.errors import PersonalignError
+from personalign.io import atomic_dir
 
 CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
@@ -110,17 +109,9 @@ def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
 
 def save_weights(model: Any, folder: Path) -> Path:
     """Save the adapter (LoRA) or the whole model (full FT) into `folder`, atomically via a temp folder."""
-    folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 # ---- batches and losses ---------------------------------------------------------------------------
@@ -250,20 +241,12 @@ class TrainingSession:
         """Write a checkpoint for the current step (atomic folder rename) and prune old ones."""
         if self.root is None:
             return None
-        self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step-{self.step:06d}"
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
-        try:
+        with atomic_dir(final) as tmp:
             torch.save(trainable_state(self.model), tmp / "weights.pt")
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
             (tmp / "state.json").write_text(json.dumps({"step": self.step, "extra": extra or {}}), encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         for old in list_checkpoints(self.root.parent)[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         return final

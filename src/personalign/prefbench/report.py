@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from personalign.io import atomic_write_json, atomic_write_text
+from personalign.io import atomic_write_json, atomic_write_text, save_png
 from personalign.runs import RunDir
 
 TAX_ORDER = ("chat", "chat_hard", "safety", "reasoning")
@@ -114,8 +114,7 @@ def plot_per_user(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{results['dataset']}: accuracy per user")
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def plot_adaptation(results: dict[str, Any], path: Path) -> None:
@@ -137,8 +136,7 @@ def plot_adaptation(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{results['dataset']}: adaptation to held-out users")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def write_outputs(run: RunDir, results: dict[str, Any], plots: bool = True) -> None:
