@@ -43,3 +43,14 @@ def test_atomic_dir_replaces_on_success_and_keeps_the_old_folder_on_error(tmp_pa
         raise RuntimeError("interrupted")
     assert (target / "a.txt").read_text(encoding="utf-8") == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["weights"]  # no temp folder left behind
+
+
+def test_read_json_names_file_line_and_expectation(tmp_path) -> None:
+    from personalign.io import read_json
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text('[{"a": 1}]', encoding="utf-8")
+    bad.write_text('[\n{"a": 1,,}]', encoding="utf-8")
+    assert read_json(good) == [{"a": 1}]
+    with pytest.raises(DataError, match=r"bad\.json: invalid JSON \(.* at line 2\); expected a list of rows"):
+        read_json(bad, expected="a list of rows")

@@ -95,6 +95,15 @@ def read_text(path: str | Path) -> str:
         raise DataError(f"{path}: not a readable gzip file ({exc}); re-download or re-compress it") from None
 
 
+def read_json(path: str | Path, expected: str | None = None) -> Any:
+    """Parse a JSON file; bad JSON raises an error naming the file, the line and (if given) what was expected."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        hint = f"; expected {expected}" if expected else ""
+        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}){hint}") from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a JSONL file; a bad line raises an error naming file and line."""
     for _, row in enumerate_jsonl(path):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personalign.errors import DataError
-from personalign.io import read_jsonl
+from personalign.io import read_jsonl, read_text
 from personalign.judges.base import Label
 from personalign.prefbench.data.tax import hh_rlhf_pairs
 from personalign.settings import data_dir
@@ -54,7 +54,7 @@ def _section(text: str, header: str, next_header: str) -> str:
 
 
 def _load_json_or_jsonl(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

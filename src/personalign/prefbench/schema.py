@@ -139,16 +139,13 @@ def from_records(name: str, rows: Iterable[Mapping[str, Any]], source: str | Non
 
 def load_schema_file(path: str | Path, name: str | None = None) -> PrefData:
     """A local .jsonl / .json file already in the common schema (the tool's own export format)."""
-    from personalign.io import read_jsonl, read_text
+    from personalign.io import read_json, read_jsonl
 
     path = Path(path)
     if path.suffix == ".jsonl":
         rows: list[Any] = read_jsonl(path)
     elif path.suffix == ".json":
-        try:
-            rows = json.loads(read_text(path))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        rows = read_json(path)
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON list of records")
     else:

@@ -7,11 +7,10 @@ by both of their users (who disagree), so `pair_id` ties those rows together.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from personalign.errors import DataError
-from personalign.io import read_text
+from personalign.io import read_json
 from personalign.prefbench.schema import PrefData, PrefPair, comparison_id, split_of
 from personalign.settings import data_dir
 
@@ -23,10 +22,7 @@ OTHER_RESPONSES = (*DSP_USERS, "normal")
 def load_dsp(data_path: str | Path | None = None, test_frac: float = 0.2, max_queries: int | None = None) -> PrefData:
     """Load DSP from `data_path` (the file itself, or a data root holding `dsp/...`; default: `data_dir()`)."""
     path = Path(data_path) if data_path is not None and Path(data_path).is_file() else data_dir(data_path) / DSP_FILE
-    try:
-        records = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc.msg}); expected DSP's [{{query, responses}}] list") from None
+    records = read_json(path, expected="DSP's [{query, responses}] list")
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a list of {{query, responses}} objects")
     if max_queries is not None:

@@ -9,7 +9,6 @@ harmless-base test (→ safety). Each is mapped to `prompt, chosen, rejected, ca
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from personalign.errors import DataError
-from personalign.io import enumerate_jsonl, read_text
+from personalign.io import enumerate_jsonl, read_json
 from personalign.settings import data_dir
 
 TAX_CATEGORIES = ("chat", "chat_hard", "safety", "reasoning")
@@ -39,18 +38,11 @@ class TaxPair:
     source: str
 
 
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
 def load_llmbar(root: Path) -> list[TaxPair]:
     pairs = []
     for name in LLMBAR_FILES:
         path = root / "rewardbench_proxies" / "llmbar" / name
-        for i, rec in enumerate(_json(path)):
+        for i, rec in enumerate(read_json(path)):
             if rec.get("label") not in (1, 2):
                 raise DataError(f"{path}: record {i} has label {rec.get('label')!r}; expected 1 or 2")
             good, bad = ("output_1", "output_2") if rec["label"] == 1 else ("output_2", "output_1")
@@ -64,7 +56,7 @@ def load_rmbench(root: Path) -> list[TaxPair]:
     pairs = []
     for name, category in RMBENCH_FILES.items():
         path = root / "rewardbench_proxies" / "rm_bench" / name
-        for i, rec in enumerate(_json(path)):
+        for i, rec in enumerate(read_json(path)):
             chosen, rejected = rec.get("chosen"), rec.get("rejected")
             if not isinstance(chosen, list) or not isinstance(rejected, list) or not chosen or not rejected:
                 raise DataError(f"{path}: record {i} needs non-empty 'chosen' and 'rejected' lists")
