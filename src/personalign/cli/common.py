@@ -19,6 +19,9 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cu
 OutOpt = Annotated[Path | None, typer.Option("--out", help="parent folder of run dirs")]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="write into (or resume) this run dir")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="folder holding the shared data sets")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a local folder")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", help="0 = greedy")]
 
 # Tables need room: when output is not a terminal (pipes, CI logs) rich would fall back to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)

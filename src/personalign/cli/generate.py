@@ -9,15 +9,22 @@ import typer
 from pydantic import Field
 from rich.table import Table
 
-from personalign.cli.common import ConfigOpt, DeviceOpt, OutOpt, RunDirOpt, console, split_csv
+from personalign.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OutOpt,
+    RunDirOpt,
+    TempOpt,
+    console,
+    split_csv,
+)
 from personalign.config import Config, ModelConfig, SamplingConfig, resolve_config
 from personalign.errors import PersonalignError
 
-ModelOpt = Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a local folder")]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="sampling seed")]
 TokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="tokens to generate per sample")]
-TempOpt = Annotated[float | None, typer.Option("--temperature", help="0 = greedy")]
 
 
 class GenerateConfig(Config):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import Field
 
-from personalign.cli.common import ConfigOpt, DeviceOpt, console
+from personalign.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, console
 from personalign.config import Config, ModelConfig, resolve_config
 from personalign.errors import PersonalignError
 
@@ -101,8 +101,8 @@ def personalize(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="optimizer steps (sft, dpo)")] = None,
     reward: Annotated[str | None, typer.Option("--reward", help="rlaif: e.g. rm:RUN_DIR,rules:0.5,length:0.2")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="training seed")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="'default', a HF model id or a local folder")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16")] = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
