@@ -108,6 +108,8 @@ def test_dtype_resolution():
     assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(PersonalignError, match="dtype 'fp16': use auto, fp32 or bf16"):
+        resolve_dtype("fp16", torch.device("cpu"))
 
 
 def test_loading_from_a_saved_folder_and_clear_errors(tiny_backend, tmp_path):

@@ -32,6 +32,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise PersonalignError(f"dtype {dtype!r}: use auto, fp32 or bf16")
     if dtype == "fp32":
         return torch.float32
     if dtype == "bf16":
