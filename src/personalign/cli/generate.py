@@ -51,9 +51,7 @@ def generate(
     config: ConfigOpt = None,
 ) -> None:
     """Print one personalized completion for PROMPT."""
-    from personalign.backends.registry import build_backend
-    from personalign.methods.base import build_personalizer, load_personalizer
-    from personalign.profiles import load_profile
+    from personalign.methods.spec import resolve_personalizer
 
     cfg = resolve_config(
         GenerateConfig, config,
@@ -61,18 +59,10 @@ def generate(
          "run": str(run) if run else None, "model.model": model, "model.dtype": dtype, "model.device": device,
          "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature, "sampling.seed": seed},
     )
-    if cfg.run:
-        if model:
-            raise PersonalignError("--model cannot be combined with --run: the run dir names its own model")
-        personalizer = load_personalizer(cfg.run, device=cfg.model.device, dtype=cfg.model.dtype)
-        if cfg.profile:
-            personalizer.profile = load_profile(cfg.profile)
-    else:
-        if not cfg.profile and cfg.method != "base":
-            raise PersonalignError(f"--profile is required for method {cfg.method!r} (or pass --run DIR)")
-        personalizer = build_personalizer(cfg.method, build_backend(cfg.model), cfg.method_config)
-        if cfg.profile:
-            personalizer.fit(load_profile(cfg.profile))
+    if cfg.run and model:
+        raise PersonalignError("--model cannot be combined with --run: the run dir names its own model")
+    personalizer = resolve_personalizer(cfg.run or cfg.method, profile=cfg.profile, model=cfg.model,
+                                        method_config=cfg.method_config)
     output = personalizer.generate([cfg.prompt], cfg.sampling)[0][0]
     console.print(output, highlight=False, markup=False)
 

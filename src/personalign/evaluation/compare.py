@@ -17,7 +17,8 @@ from personalign.backends.registry import build_backend
 from personalign.config import Config, ModelConfig, SamplingConfig
 from personalign.errors import PersonalignError
 from personalign.judges.rules import compliance, count_words
-from personalign.methods.base import Personalizer, build_personalizer, load_personalizer, read_manifest
+from personalign.methods.base import Personalizer
+from personalign.methods.spec import parse_spec, resolve_personalizer
 from personalign.profiles import Profile, load_profile
 from personalign.runs import RunDir, seed_everything
 
@@ -52,22 +53,11 @@ def method_summary(profile: Profile, texts: list[str]) -> dict[str, Any]:
 def _fit_method(
     name: str, config: CompareConfig, profile: Profile, shared: GenerationBackend | None, run: RunDir
 ) -> Personalizer:
-    from personalign.methods.base import method_class
-
-    cls = method_class(name)
-    method_config = dict(cls.quick_overrides() if config.quick else {})
-    method_config.update(config.method_configs.get(name, {}))
-    # Trainable methods change weights: each gets its own backend so others see the untouched model.
-    backend = build_backend(config.model) if cls.trainable or shared is None else shared
-    personalizer = build_personalizer(name, backend, method_config)
-    sub = RunDir(run.path / "methods" / name) if cls.trainable else None
-    if sub is not None:
-        sub.write_config(
-            {"method": name, "method_config": personalizer.config.to_dict(), "model": config.model.to_dict()}
-        )
-        sub.write_env(config.sampling.seed, device=str(getattr(backend, "device", "")))
-    personalizer.fit(profile, sub)
-    return personalizer
+    # Trainable methods get their own backend (resolve_personalizer does that) and a sub run dir.
+    sub = RunDir(run.path / "methods" / name) if _is_trainable(name) else None
+    return resolve_personalizer(name, profile=profile, model=config.model, quick=config.quick, run_dir=sub,
+                                method_config=config.method_configs.get(name), backend=shared,
+                                seed=config.sampling.seed)
 
 
 def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir, dict[str, dict[str, Any]]]:
@@ -77,7 +67,7 @@ def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir
     if not prompts:
         raise PersonalignError(f"{config.profile}: field 'eval_prompts' is empty; add held-out prompts to compare on")
     for run_path in config.runs:
-        read_manifest(run_path)  # fail early, before any generation, on a bad run dir
+        parse_spec(run_path)  # fail early, before any generation, on a bad run dir
     run = RunDir(config.run_dir) if config.run_dir else RunDir.new(config.out, config.name, wandb_project=config.wandb)
     run.write_config(config)
     seed_everything(config.sampling.seed)
@@ -96,7 +86,7 @@ def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir
         start = time.perf_counter()
         if label.startswith("run:"):
             run_path = config.runs[labels.index(label) - len(config.methods)]
-            personalizer = load_personalizer(run_path, device=config.model.device, dtype=config.model.dtype)
+            personalizer = resolve_personalizer(run_path, model=config.model)
         else:
             if shared is None and not _is_trainable(label):
                 shared = build_backend(config.model)

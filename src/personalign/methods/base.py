@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -80,6 +80,8 @@ METHODS: dict[str, str] = {
     "sft": "personalign.methods.sft:SFTMethod",
     "dpo": "personalign.methods.dpo:DPOMethod",
     "ditto": "personalign.methods.ditto:DittoMethod",
+    "sft+prompt": "personalign.methods.prompted:SFTPromptMethod",
+    "ditto+prompt": "personalign.methods.prompted:DittoPromptMethod",
     "rlaif": "personalign.methods.rlaif:RLAIFMethod",
 }
 
@@ -96,17 +98,20 @@ def method_class(name: str) -> type[Personalizer]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def build_personalizer(name: str, backend: GenerationBackend, config: dict[str, Any] | None = None) -> Personalizer:
-    cls = method_class(name)
+def validate_method_config(name: str, config: dict[str, Any] | None = None) -> MethodConfig:
+    """The method's typed config from plain fields; a one-line error (before any model loads) when invalid."""
     from pydantic import ValidationError
 
     from personalign.config import format_validation_error
 
     try:
-        method_config = cls.config_class.model_validate(config or {})
+        return method_class(name).config_class.model_validate(config or {})
     except ValidationError as exc:
         raise PersonalignError(format_validation_error(exc, f"config of method {name!r}")) from None
-    return cls(backend, method_config)
+
+
+def build_personalizer(name: str, backend: GenerationBackend, config: dict[str, Any] | None = None) -> Personalizer:
+    return method_class(name)(backend, validate_method_config(name, config))
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -118,11 +123,15 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_personalizer(run_dir: str | Path, device: str | None = None, dtype: str | None = None) -> Personalizer:
+def load_personalizer(
+    run_dir: str | Path, device: str | None = None, dtype: str | None = None,
+    backend_factory: Callable[[ModelConfig], GenerationBackend] | None = None,
+) -> Personalizer:
     """Rebuild a trained method from its run dir: base model + saved adapter + the method's config.
 
     The saved model (a full fine-tune may have replaced it) is authoritative; only where it runs
-    (`device`, `dtype`) can be changed.
+    (`device`, `dtype`) can be changed. `backend_factory` (default `build_backend`) turns the run's model
+    config into a backend (the server shares one base model between adapters this way).
     """
     from personalign.backends.registry import build_backend
 
@@ -132,7 +141,8 @@ def load_personalizer(run_dir: str | Path, device: str | None = None, dtype: str
     if manifest.get("adapter"):
         adapter = Path(manifest["adapter"])
         model = model.model_copy(update={"adapter": str(adapter if adapter.is_absolute() else Path(run_dir) / adapter)})
-    personalizer = build_personalizer(manifest["method"], build_backend(model), manifest.get("config"))
+    method_config = validate_method_config(manifest["method"], manifest.get("config"))
+    personalizer = method_class(manifest["method"])((backend_factory or build_backend)(model), method_config)
     if manifest.get("profile"):
         personalizer.profile = Profile.model_validate(manifest["profile"])
     return personalizer

@@ -1,0 +1,84 @@
+"""`sft+prompt` and `ditto+prompt`: a trained adapter used with the profile's prompt, exactly as `prompt` builds it.
+
+The adapter is trained exactly as plain `sft` / `ditto` train it (on the bare user prompt), so a `sft+prompt`
+run and a `sft` run differ only in what generation sends: here the system prompt, rules and few-shot turns of
+`PromptMethod`. `PromptedRun` does the same for an already trained run dir (`RUN+prompt` specs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field
+
+from personalign.backends.base import Conversation
+from personalign.config import SamplingConfig
+from personalign.methods.base import MethodConfig, Personalizer
+from personalign.methods.ditto import DittoConfig, DittoMethod
+from personalign.methods.prompting import PromptConfig, PromptMethod
+from personalign.methods.sft import SFTConfig, SFTMethod
+from personalign.profiles.schema import Profile
+from personalign.runs import RunDir
+
+
+def prompted_conversation(personalizer: Personalizer, config: PromptConfig, prompt: str) -> Conversation:
+    """The chat `prompt` would send for `prompt` with the personalizer's profile (one builder, no copy)."""
+    if personalizer.profile is None:
+        raise RuntimeError(f"{personalizer.name}: call fit(profile) before generate")
+    builder = PromptMethod(personalizer.backend, config)
+    builder.profile = personalizer.profile
+    return builder.conversation(prompt)
+
+
+class _PromptedGeneration(Personalizer):
+    """Mixin: training sees the parent method's bare conversation, generation the `prompt` conversation."""
+
+    _training: bool = False
+
+    def fit(self, profile: Profile, run_dir: RunDir | None = None) -> None:
+        self._training = True
+        try:
+            super().fit(profile, run_dir)
+        finally:
+            self._training = False
+
+    def conversation(self, prompt: str) -> Conversation:
+        if self._training:
+            return super().conversation(prompt)
+        return prompted_conversation(self, self.config.prompt, prompt)  # type: ignore[attr-defined]
+
+
+class SFTPromptConfig(SFTConfig):
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="how the prompt is built at generation")
+
+
+class DittoPromptConfig(DittoConfig):
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="how the prompt is built at generation")
+
+
+class SFTPromptMethod(_PromptedGeneration, SFTMethod):
+    name = "sft+prompt"
+    config_class: ClassVar[type[MethodConfig]] = SFTPromptConfig
+
+
+class DittoPromptMethod(_PromptedGeneration, DittoMethod):
+    name = "ditto+prompt"
+    config_class: ClassVar[type[MethodConfig]] = DittoPromptConfig
+
+
+class PromptedRun(Personalizer):
+    """A loaded trained personalizer whose generation goes through the `prompt` conversation (`RUN+prompt`)."""
+
+    name = "run+prompt"
+
+    def __init__(self, inner: Personalizer, config: PromptConfig | None = None):
+        super().__init__(inner.backend, config or PromptConfig())
+        self.inner = inner
+        self.profile = inner.profile
+
+    def conversation(self, prompt: str) -> Conversation:
+        return prompted_conversation(self, self.config, prompt)  # type: ignore[arg-type]
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, progress: bool = False) -> list[list[str]]:
+        return self.backend.generate([self.conversation(p) for p in prompts], sampling, progress=progress)
