@@ -44,7 +44,7 @@ def test_parse_spec_forms(tmp_path):
     assert parse_spec("sft+prompt").method == "sft+prompt" and parse_spec("sft+prompt").trainable
     run = tmp_path / "sft-run"
     run.mkdir()
-    with pytest.raises(PersonalignError, match="no method.json"):
+    with pytest.raises(PersonalignError, match=r"no method\.json"):
         parse_spec(str(run))
     (run / "method.json").write_text("{}")
     assert parse_spec(str(run)).run == run and not parse_spec(str(run)).prompted
@@ -58,7 +58,7 @@ def test_bad_method_config_fails_before_any_model_loads():
     def factory(_model):
         raise AssertionError("a model was loaded before the config was checked")
 
-    with pytest.raises(PersonalignError, match="config of method 'prompt'.*k"):
+    with pytest.raises(PersonalignError, match=r"config of method 'prompt'.*k"):
         resolve_personalizer("prompt", profile=toy_profile(), method_config={"k": -1}, backend_factory=factory)
     with pytest.raises(PersonalignError, match="profile is required"):
         resolve_personalizer("prompt", backend_factory=factory)
