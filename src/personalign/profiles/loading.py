@@ -18,20 +18,25 @@ _FIXES = {
 }
 
 
-def _describe(exc: ValidationError, path: Path) -> str:
-    problems = []
+def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field, one-line problem) per validation error: the CLI joins them, the studio shows each by its field."""
+    problems: list[tuple[str, str]] = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         top = str(err["loc"][0]) if err["loc"] else ""
         if err["type"] == "extra_forbidden":
-            problems.append(f"field '{loc}' is not a profile field; remove it or fix its spelling")
+            problems.append((loc, f"field '{loc}' is not a profile field; remove it or fix its spelling"))
         elif err["type"] == "missing":
-            problems.append(f"field '{loc}' is missing; {_FIXES.get(top, 'add it')}")
+            problems.append((loc, f"field '{loc}' is missing; {_FIXES.get(top, 'add it')}"))
         elif err["type"] == "too_short" and top == "demonstrations":
-            problems.append(f"field '{loc}' is empty; {_FIXES['demonstrations']}")
+            problems.append((loc, f"field '{loc}' is empty; {_FIXES['demonstrations']}"))
         else:
-            problems.append(f"field '{loc}': {err['msg']} (got {err.get('input')!r})")
-    return f"{path}: " + "; ".join(problems)
+            problems.append((loc, f"field '{loc}': {err['msg']} (got {err.get('input')!r})"))
+    return problems
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    return f"{path}: " + "; ".join(problem for _, problem in field_problems(exc))
 
 
 def parse_profile(data: object, source: str | Path = "<profile>") -> Profile:
