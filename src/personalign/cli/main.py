@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from personalign.cli import evaluate as evaluate_cli
+from personalign.cli import feedback as feedback_cli
 from personalign.cli import generate
 from personalign.cli import judge as judge_cli
 from personalign.cli import personalize as personalize_cli
 from personalign.cli import prefbench as prefbench_cli
 from personalign.cli import reward as reward_cli
+from personalign.cli import studio as studio_cli
 from personalign.cli.common import PersonalignTyper
 
 app = PersonalignTyper(
@@ -25,6 +27,8 @@ personalize_cli.register(app)
 judge_cli.register(app)
 reward_cli.register(app)
 prefbench_cli.register(app)
+studio_cli.register(app)
+feedback_cli.register(app)
 
 if __name__ == "__main__":
     app()

@@ -128,10 +128,6 @@ class Candidate:
     run: str | None
     seed: int
 
-    @property
-    def label(self) -> str:
-        return f"run:{Path(self.run).name}" if self.run else self.method
-
 
 @dataclass(frozen=True)
 class Round:

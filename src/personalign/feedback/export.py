@@ -98,7 +98,8 @@ def export(db: FeedbackDB, fmt: str, profile: Profile | None = None, include_eva
 
 
 # ---- readers for the training methods (the same structures they already consume) ------------------------
-def feedback_pairs(path: str | Path, profile: Profile | None = None, include_eval: bool = False) -> list[dict[str, str]]:
+def feedback_pairs(path: str | Path, profile: Profile | None = None,
+                   include_eval: bool = False) -> list[dict[str, str]]:
     """`{prompt, chosen, rejected}` dicts, as `methods.dpo.load_pairs` returns; an error when there are none."""
     found = export_pairs(_open(path), profile, include_eval)
     if not found.rows:

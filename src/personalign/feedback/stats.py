@@ -11,7 +11,10 @@ from personalign.evaluation.winrate import WinRate, pairwise_winrate
 
 
 def label(method: str, run: str | None) -> str:
-    return f"run:{Path(run).name}" if run else method
+    """What a person reads for a source: the method, or `run:NAME` (`+prompt` kept) for a trained run."""
+    if not run:
+        return method
+    return f"run:{Path(run).name}" + ("+prompt" if method.endswith("+prompt") else "")
 
 
 def method_winrates(answers: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, WinRate]:
