@@ -26,6 +26,7 @@ class PersonalizeConfig(Config):
     quick: bool = Field(False, description="the method's CPU-quick settings (minutes on 2 cores)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     method_config: dict[str, Any] = Field(default_factory=dict, description="fields of the method's own config")
+    feedback: str | None = Field(None, description="studio feedback DB: dpo trains on its pairs, ditto/sft on edits")
 
 
 def _run_dir_path(cfg: PersonalizeConfig) -> Path | None:
@@ -76,7 +77,13 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
         from personalign.methods.dpo import load_pairs
 
         load_pairs(method_fields["pairs"])  # fail on a bad pair file before loading any model
+    if cfg.feedback:
+        from personalign.feedback.training import apply_feedback, read_feedback
+
+        feedback = read_feedback(cfg.method, cfg.feedback, profile, path, cfg.resume)
     run = RunDir(path) if path is not None else RunDir.new(cfg.runs_root, cfg.method)
+    if cfg.feedback:
+        profile, method_fields = apply_feedback(cfg.method, feedback, profile, method_fields, run.path)
     backend = build_backend(cfg.model)
     personalizer = build_personalizer(cfg.method, backend, method_fields)
     run.write_config(cfg.model_copy(update={"method_config": personalizer.config.to_dict(), "out": str(run.path)}))
@@ -100,6 +107,7 @@ def personalize(
     ] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="optimizer steps (sft, dpo)")] = None,
     reward: Annotated[str | None, typer.Option("--reward", help="rlaif: e.g. rm:RUN_DIR,rules:0.5,length:0.2")] = None,
+    feedback: Annotated[Path | None, typer.Option("--feedback", help="studio feedback DB to train on")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="training seed")] = None,
     model: ModelOpt = None,
     dtype: DtypeOpt = None,
@@ -113,7 +121,8 @@ def personalize(
          "resume": resume, "quick": quick, "model.model": model, "model.dtype": dtype, "model.device": device,
          "method_config.pairs": str(pairs) if pairs else None,
          "method_config.synthetic_data": str(synthetic_data) if synthetic_data else None,
-         "method_config.max_steps": max_steps, "method_config.seed": seed, "method_config.reward": reward},
+         "method_config.max_steps": max_steps, "method_config.seed": seed, "method_config.reward": reward,
+         "feedback": str(feedback) if feedback else None},
     )
     path = train(cfg)
     console.print(f"run dir: [bold]{path}[/]  (try: personalign generate --run {path} --prompt '...')")
