@@ -201,14 +201,24 @@ class HFBackend(TrainableBackend):
     # ---- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig, progress: bool = False
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, progress: bool = False,
+        adapter_names: Sequence[str] | None = None,
     ) -> list[list[str]]:
-        """Left-padded batches sorted by prompt length (less padding), `n` samples per prompt, seeded."""
+        """Left-padded batches sorted by prompt length (less padding), `n` samples per prompt, seeded.
+
+        `adapter_names` (one per conversation, "__base__" for none) mixes PEFT LoRA adapters in one batch (the
+        server). The rows are then expanded n-fold here, as `num_return_sequences` would (repeat_interleave),
+        because PEFT matches adapter names to rows before generate expands them.
+        """
         from transformers import LogitsProcessorList
 
         encoded = [self.prompt_ids(c) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[list[str]] = [[] for _ in encoded]
+        # Per sample: (tokens generated incl. the end-of-turn token, whether it ended by itself rather than at
+        # max_new_tokens); the server's usage and finish_reason read it after the call.
+        self.last_token_counts: list[list[tuple[int, bool]]] = [[] for _ in encoded]
+        stop_ids = torch.tensor(sorted(self._end_token_ids()))
         batch_size = max(1, self.batch_size // sampling.n)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         greedy = sampling.temperature == 0.0
@@ -227,6 +237,11 @@ class HFBackend(TrainableBackend):
                 ids = encoded[index]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
+            extra: dict[str, Any] = {"num_return_sequences": sampling.n}
+            if adapter_names is not None:
+                input_ids = input_ids.repeat_interleave(sampling.n, dim=0)
+                attention = attention.repeat_interleave(sampling.n, dim=0)
+                extra = {"adapter_names": [adapter_names[i] for i in batch for _ in range(sampling.n)]}
             out = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
@@ -235,18 +250,28 @@ class HFBackend(TrainableBackend):
                 top_p=None if greedy else sampling.top_p,
                 top_k=None,
                 max_new_tokens=sampling.max_new_tokens,
-                num_return_sequences=sampling.n,
                 logits_processor=LogitsProcessorList(
                     [GeneratedTokensRepetitionPenalty(sampling.repetition_penalty, width)]
                     if sampling.repetition_penalty != 1.0 else []
                 ),
                 pad_token_id=pad_id,
+                **extra,
             )
-            texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            generated = out[:, width:].cpu()
+            texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            ended = torch.isin(generated, stop_ids)
+            first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, generated.shape[1])
             for row, index in enumerate(batch):
-                for text in texts[row * sampling.n : (row + 1) * sampling.n]:
-                    results[index].append(truncate_at_stop(text, sampling.stop).strip())
+                for k in range(row * sampling.n, (row + 1) * sampling.n):
+                    results[index].append(truncate_at_stop(texts[k], sampling.stop).strip())
+                    self.last_token_counts[index].append((int(first_end[k]), bool(ended[k].any())))
         return results
+
+    def _end_token_ids(self) -> set[int]:
+        """Token ids that end generation: the generation config's eos id(s) and the tokenizer's."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        return ids | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
 
     # ---- scoring -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from personalign.cli import evaluate as evaluate_cli
+from personalign.cli import export as export_cli
 from personalign.cli import feedback as feedback_cli
 from personalign.cli import generate
 from personalign.cli import judge as judge_cli
 from personalign.cli import personalize as personalize_cli
 from personalign.cli import prefbench as prefbench_cli
 from personalign.cli import reward as reward_cli
+from personalign.cli import serve as serve_cli
 from personalign.cli import studio as studio_cli
 from personalign.cli.common import PersonalignTyper
 
@@ -29,6 +31,8 @@ reward_cli.register(app)
 prefbench_cli.register(app)
 studio_cli.register(app)
 feedback_cli.register(app)
+serve_cli.register(app)
+export_cli.register(app)
 
 if __name__ == "__main__":
     app()

@@ -7,13 +7,11 @@ run and a `sft` run differ only in what generation sends: here the system prompt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 from pydantic import Field
 
 from personalign.backends.base import Conversation
-from personalign.config import SamplingConfig
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.ditto import DittoConfig, DittoMethod
 from personalign.methods.prompting import PromptConfig, PromptMethod
@@ -79,6 +77,3 @@ class PromptedRun(Personalizer):
 
     def conversation(self, prompt: str) -> Conversation:
         return prompted_conversation(self, self.config, prompt)  # type: ignore[arg-type]
-
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, progress: bool = False) -> list[list[str]]:
-        return self.backend.generate([self.conversation(p) for p in prompts], sampling, progress=progress)

@@ -1,0 +1,1 @@
+"""`personalign serve`: personalized models behind an OpenAI-compatible HTTP API (hf engine or vLLM)."""
