@@ -1,10 +1,13 @@
-"""Generation throughput of the hf backend vs a raw `model.generate` loop, and model load time.
+"""Generation throughput of the hf backend vs a raw `model.generate` loop, by batch size, and model load time.
 
     python bench/sampling.py --out bench/results/sampling.json [--repeats 3] [--max-new-tokens 64] [--device cpu]
+    python bench/sampling.py --batches-only --batches 8,16,32,64 --out bench/results/sampling_batches.json
 
-Both implementations run greedy decoding on the same chat prompts in the same process, so their
-outputs (and token counts) are identical and the ratio isolates backend overhead. Tokens/s counts
-generated tokens up to each sequence's end-of-turn, medians over `--repeats`.
+Part 1: both implementations run greedy decoding on the same chat prompts in the same process, so their
+outputs (and token counts) are identical and the ratio isolates backend overhead. Part 2 (the batch sweep,
+which chose `backends.hf.default_batch_size`): the backend alone samples (temperature 0.7, as DITTO,
+synthetic data and RL do) one batch of B distinct prompts for each B, ratio against batch 8 in the same
+run. Tokens/s counts generated tokens up to each sequence's end-of-turn, medians over `--repeats`.
 """
 
 from __future__ import annotations
@@ -68,15 +71,72 @@ def backend_generate(backend: HFBackend, convs, max_new_tokens: int) -> int:
     return total
 
 
+def sweep_prompts(n: int) -> list[str]:
+    """n distinct prompts: the 8 above with a varying recipient name, so no two rows of a batch are equal."""
+    names = ["Sam", "Ana", "Lee", "Kim", "Omar", "Ivy", "Raj", "Zoe"]
+    return [f"{PROMPTS[i % len(PROMPTS)]} (Write it for {names[(i // len(PROMPTS)) % len(names)]}.)"
+            for i in range(n)]
+
+
+def batch_sweep(device: str, batches: list[int], repeats: int, max_new_tokens: int) -> dict:
+    """Sampled tokens/s of the backend at each batch size (one batch of B prompts per call), vs batch 8.
+
+    Batch sizes alternate within each repeat (8, 16, 32, 64, 8, 16, ...) on one loaded model, so a burst of
+    load from other jobs on a shared machine hits every size alike instead of one.
+    """
+    backend = HFBackend(ModelConfig(device=device))
+    sampling = SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens)
+    backend.generate([[{"role": "user", "content": PROMPTS[0]}]], sampling.model_copy(update={"max_new_tokens": 4}))
+    speeds: dict[int, list[float]] = {b: [] for b in batches}
+    seconds: dict[int, list[float]] = {b: [] for b in batches}
+    for repeat in range(repeats):
+        for batch_size in batches:
+            backend.batch_size = batch_size
+            convs = [[{"role": "user", "content": p}] for p in sweep_prompts(batch_size)]
+            start = time.perf_counter()
+            outs = backend.generate(convs, sampling.model_copy(update={"seed": repeat}))
+            elapsed = time.perf_counter() - start
+            tokens = sum(min(max_new_tokens, len(backend.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1)
+                         for (t,) in outs)
+            speeds[batch_size].append(tokens / elapsed)
+            seconds[batch_size].append(elapsed)
+            print(json.dumps({"repeat": repeat, "batch_size": batch_size, "tokens_per_s": round(tokens / elapsed, 1)}),
+                  flush=True)
+    rows = [{"batch_size": b, "dtype": str(backend.dtype).replace("torch.", ""),
+             "tokens_per_s": round(statistics.median(speeds[b]), 1), "runs": [round(v, 1) for v in speeds[b]],
+             "seconds_per_batch": round(statistics.median(seconds[b]), 2)} for b in batches]
+    base = next((r["tokens_per_s"] for r in rows if r["batch_size"] == 8), rows[0]["tokens_per_s"])
+    return {"rows": rows, "ratio_vs_bs8": {str(r["batch_size"]): round(r["tokens_per_s"] / base, 3) for r in rows},
+            "temperature": 0.7, "max_new_tokens": max_new_tokens}
+
+
+def load_average() -> list[float]:
+    import os
+
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/sampling.json"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--batches", default="8,16,32,64", help="batch sizes of the sampling sweep")
+    parser.add_argument("--batches-only", action="store_true", help="run only the batch sweep")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     ensure_default_model()
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    if args.batches_only:
+        load_before = load_average()
+        sweep = batch_sweep(args.device, batches, args.repeats, args.max_new_tokens)
+        report = {"batch_sweep": sweep, "device": args.device, "threads": torch.get_num_threads(),
+                  "load_average_before": load_before, "load_average_after": load_average(),
+                  "versions": package_versions()}
+        atomic_write_json(args.out, report)
+        print(json.dumps({"ratio_vs_bs8": sweep["ratio_vs_bs8"]}))
+        return
     load_times = []
     for _ in range(3):
         start = time.perf_counter()
@@ -107,8 +167,10 @@ def main() -> None:
             ours, raw = (next(r["tokens_per_s"] for r in results if r["impl"] == impl and r["dtype"] == dtype
                               and r["batch_size"] == batch_size) for impl in ("personalign", "raw_generate"))
             ratios[f"{dtype}_bs{batch_size}"] = round(ours / raw, 3)
+    sweep = batch_sweep(args.device, batches, args.repeats, args.max_new_tokens)
     report = {
         "results": results, "load_s": round(statistics.median(load_times), 3), "ratio_vs_raw": ratios,
+        "batch_sweep": sweep, "load_average_after": load_average(),
         "max_new_tokens": args.max_new_tokens, "device": str(backend.device), "threads": torch.get_num_threads(),
         "versions": package_versions(),
     }

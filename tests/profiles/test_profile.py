@@ -29,6 +29,18 @@ def test_example_profile_is_valid_and_its_demonstrations_follow_its_constraints(
     assert report.rate == 1.0, report.failures
 
 
+def test_second_profile_differs_from_the_example_and_its_demonstrations_follow_it(example_profile_path: Path):
+    example = load_profile(example_profile_path)
+    ops = load_profile(example_profile_path.parent / "ops-manager.yaml")
+    assert len(ops.demonstrations) >= 4 and len(ops.eval_prompts) >= 12
+    assert ops.constraints.sign_off != example.constraints.sign_off
+    assert (ops.constraints.min_words, ops.constraints.max_words) != (example.constraints.min_words,
+                                                                       example.constraints.max_words)
+    assert not set(ops.constraints.banned_substrings) & set(example.constraints.banned_substrings)
+    report = compliance([d.output for d in ops.demonstrations], ops.constraints)
+    assert report.rate == 1.0, report.failures
+
+
 def test_json_profile_and_short_eval_prompt_form(tmp_path: Path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps({**GOOD, "eval_prompts": ["Ask for a meeting.", {"prompt": "x", "reference": "y"}]}))
