@@ -27,11 +27,24 @@ class Config(BaseModel):
         return resolve_config(cls, path, {})
 
 
+class OpenAISettings(Config):
+    """How `backend: openai` reaches an OpenAI-compatible server (OpenAI, vLLM, `personalign serve`, ...)."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the API root, ending in /v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (unset: none)")
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+    # The openai client's own retry: exponential backoff on 429, 5xx and connection errors, honouring Retry-After.
+    max_retries: int = Field(5, ge=0)
+    concurrency: int = Field(8, ge=1, description="requests in flight at once (a batch is sent concurrently)")
+
+
 class ModelConfig(Config):
     """Which generator to load and how."""
 
-    model: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a hub id or a folder")
-    backend: Literal["hf"] = "hf"
+    model: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a hub id or a folder; "
+                       "with backend openai, the server's model name")
+    backend: Literal["hf", "openai"] = "hf"
+    openai: OpenAISettings = Field(default_factory=OpenAISettings, description="used by backend: openai")
     dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 where the CPU/GPU supports it (≈2× faster generation here), else fp32"
     )

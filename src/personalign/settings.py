@@ -45,3 +45,8 @@ def data_dir(explicit: str | Path | None = None) -> Path:
 def hub_offline() -> bool:
     """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE set)."""
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def env_secret(name: str) -> str | None:
+    """The value of the environment variable `name` (an API key a config points at by name), or None."""
+    return os.environ.get(name) or None

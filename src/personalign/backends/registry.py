@@ -11,4 +11,8 @@ def build_backend(config: ModelConfig) -> GenerationBackend:
         from personalign.backends.hf import HFBackend
 
         return HFBackend(config)
+    if config.backend == "openai":
+        from personalign.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(config)
     raise ValueError(f"unknown backend {config.backend!r}")

@@ -226,6 +226,7 @@ class Engine:
         self._seeds = itertools.count(1)
         self._worker: threading.Thread | None = None
         self.batches: list[int] = []  # sequences per generate call (bench and tests read it)
+        self.rejected = 0  # requests answered 429
 
     # ---- models ----------------------------------------------------------------------------------
     def add(self, served: Served) -> None:
@@ -255,6 +256,7 @@ class Engine:
     def submit(self, job: Job) -> concurrent.futures.Future[Any]:
         with self._lock:
             if self._pending >= self.max_queue:
+                self.rejected += 1
                 raise Overloaded
             self._pending += 1
         job.future.add_done_callback(self._release)

@@ -149,7 +149,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": len(engine.models), "pending": engine.pending}
+        return {"status": "ok", "models": len(engine.models), "pending": engine.pending, "rejected": engine.rejected}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> dict[str, Any]:
