@@ -9,6 +9,7 @@ from personalign.cli import generate
 from personalign.cli import judge as judge_cli
 from personalign.cli import personalize as personalize_cli
 from personalign.cli import prefbench as prefbench_cli
+from personalign.cli import profile as profile_cli
 from personalign.cli import reward as reward_cli
 from personalign.cli import serve as serve_cli
 from personalign.cli import studio as studio_cli
@@ -29,6 +30,7 @@ personalize_cli.register(app)
 judge_cli.register(app)
 reward_cli.register(app)
 prefbench_cli.register(app)
+profile_cli.register(app)
 studio_cli.register(app)
 feedback_cli.register(app)
 serve_cli.register(app)
