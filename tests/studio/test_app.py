@@ -158,3 +158,21 @@ def test_token_required_off_loopback(make_studio):
     assert client.get("/healthz", headers={"authorization": "Bearer s3cret"}).status_code == 200
     first = client.get("/progress", params={"token": "s3cret"})
     assert first.status_code == 200 and client.get("/progress").status_code == 200  # cookie set
+
+
+def test_overload_is_shed_with_429(make_studio):
+    import threading
+
+    studio, client = make_studio(max_waiting=1)
+    studio._generate_lock.acquire()  # a generation is running
+    waiting = threading.Thread(target=lambda: client.get("/compare"))
+    try:
+        waiting.start()
+        while studio._waiting < 1:
+            pass
+        busy = client.get("/compare")
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1" and "busy" in busy.text
+    finally:
+        studio._generate_lock.release()
+        waiting.join()
+    assert client.get("/compare").status_code == 200

@@ -193,7 +193,10 @@ def create_app(studio: Studio) -> FastAPI:
 
     def error_page(exc: PersonalignError, back: str) -> HTMLResponse:
         status = getattr(exc, "status", 400)
-        return page("error.html", status=status, message=str(exc), back=back)
+        response = page("error.html", status=status, message=str(exc), back=back)
+        if status == 429:
+            response.headers["retry-after"] = "1"  # as `serve` sheds overload: come back in a second
+        return response
 
     if config.token:
         token = config.token

@@ -6,8 +6,9 @@ from pydantic import Field
 
 from personalign.config import Config, ModelConfig, SamplingConfig
 from personalign.feedback.db import MAX_TEXT_CHARS
+from personalign.serve.config import LOOPBACK  # one definition of "loopback" for both servers
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+__all__ = ["LOOPBACK", "StudioConfig"]
 
 
 class StudioConfig(Config):
