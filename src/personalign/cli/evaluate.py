@@ -1,4 +1,4 @@
-"""`personalign eval authors` (the DITTO author benchmark) and `personalign report` (HTML + Markdown)."""
+"""`personalign eval authors` (DITTO's authors), `eval enron` (real people's email) and `personalign report`."""
 
 from __future__ import annotations
 
@@ -78,6 +78,48 @@ def authors(
         cfg.authors = author_ids(cfg.dataset, cfg.data_dir)  # explicit 'all' wins over quick's 3 authors
     console.print(f"author benchmark: {cfg.dataset}, methods {', '.join(cfg.resolved_methods())}")
     run, summary = run_authors_benchmark(cfg, echo=lambda line: console.print(line, highlight=False, markup=False))
+    console.print(Markdown((run.path / "table.md").read_text(encoding="utf-8")))
+    console.print(f"[bold]{validity_line(summary)}[/]", highlight=False)
+    console.print(f"run dir: [bold]{run.path}[/]")
+    if report:
+        from personalign.evaluation.report import write_report
+
+        console.print(f"report: [bold]{write_report([run.path], run.path / 'report.html')}[/]")
+
+
+@eval_app.command("enron")
+def enron(
+    senders: Annotated[str | None, typer.Option("--senders", help="sender ids, e.g. germany-c,love-p")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="e.g. base,prompt,sft,ditto,ditto+prompt")] = None,
+    quick: Annotated[bool | None, typer.Option("--quick/--full", help="3 senders, short outputs")] = None,
+    k_demos: Annotated[int | None, typer.Option("--k-demos", help="demonstrations per sender")] = None,
+    n_test: Annotated[int | None, typer.Option("--n-test", help="test emails per sender")] = None,
+    out: OutOpt = None,
+    run_dir: RunDirOpt = None,
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="tokens per output")] = None,
+    temperature: TempOpt = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="split, sampling and judge seed")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="also write report.html")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Personalize to real people's sent email (Enron), generate for held-out emails' prompts, judge, win rates."""
+    from personalign.evaluation.authors_benchmark import validity_line
+    from personalign.evaluation.enron import EnronBenchConfig, run_enron_benchmark
+
+    cfg = resolve_config(
+        EnronBenchConfig, config,
+        {"senders": split_csv(senders), "methods": split_csv(methods), "quick": quick, "k_demos": k_demos,
+         "n_test": n_test, "out": str(out) if out else None, "run_dir": str(run_dir) if run_dir else None,
+         "data_dir": str(data_dir) if data_dir else None, "model.model": model, "model.dtype": dtype,
+         "model.device": device, "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature,
+         "sampling.seed": seed, "seed": seed},
+    )
+    console.print(f"enron benchmark: methods {', '.join(cfg.resolved_methods())}")
+    run, summary = run_enron_benchmark(cfg, echo=lambda line: console.print(line, highlight=False, markup=False))
     console.print(Markdown((run.path / "table.md").read_text(encoding="utf-8")))
     console.print(f"[bold]{validity_line(summary)}[/]", highlight=False)
     console.print(f"run dir: [bold]{run.path}[/]")

@@ -47,26 +47,24 @@ PRIMARY = "authorship"
 BASELINES = ("base", "prompt")
 
 
-class AuthorsBenchConfig(Config):
-    """Resolved config of one author-benchmark run (written to the run dir as config.yaml)."""
+class PeopleBenchConfig(Config):
+    """What every per-person benchmark shares (DITTO's author sets, Enron): methods, model, sampling, judge, stats."""
 
-    dataset: Literal["cmcc", "ccat50"] = "cmcc"
-    authors: list[int] | None = Field(None, description="author ids; None = all (3 with quick)")
     methods: list[str] | None = Field(None, description="None = each available of base,prompt,prompt-rag,sft,ditto")
-    quick: bool = Field(False, description="3 authors, short generations, each method's quick settings")
-    n_prompts: int | None = Field(None, ge=1, description="first K test prompts per author; None = all")
-    data_dir: str | None = Field(None, description="folder holding ditto/ ($PERSONALIGN_DATA, ../shared/datasets)")
+    quick: bool = Field(False, description="3 people, short generations, each method's quick settings")
+    n_prompts: int | None = Field(None, ge=1, description="first K test prompts per person; None = all")
+    data_dir: str | None = Field(None, description="folder of the data sets ($PERSONALIGN_DATA, ../shared/datasets)")
     out: str = Field("runs", description="parent folder of run dirs")
-    name: str | None = Field(None, description="run dir name prefix; default authors-<dataset>")
+    name: str | None = Field(None, description="run dir name prefix")
     run_dir: str | None = Field(None, description="resume into this run dir")
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_new_tokens=512))
     method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method config fields")
-    judge_pool: int = Field(20, ge=2, description="max train/held-out texts per author for the authorship judge")
-    judge_negatives: int = Field(400, ge=2, description="max other-author texts the judge trains on")
+    judge_pool: int = Field(20, ge=2, description="max train/held-out texts per person for the authorship judge")
+    judge_negatives: int = Field(400, ge=2, description="max other-person texts the judge trains on")
     judge_embedding_weight: float = Field(0.3, ge=0.0, description="MiniLM weight beside char n-grams (0 = off)")
     llm_judge: str | None = Field(None, description="LLM judge model (off by default: a 135M judge proves nothing)")
-    n_boot: int = Field(2000, ge=100, description="bootstrap resamples (over authors) for the CIs")
+    n_boot: int = Field(2000, ge=100, description="bootstrap resamples (over people) for the CIs")
     # Every evaluator here lies on a 0-1 scale; without a margin P(author) = 2e-6 "beats" 1e-6.
     tie_margin: float = Field(0.01, ge=0.0, description="score gap at or below which a prompt is a tie")
 
@@ -77,6 +75,18 @@ class AuthorsBenchConfig(Config):
             return list(self.methods)
         return [m for m in BENCH_METHODS if m in available_methods()]
 
+    def resolved_sampling(self) -> SamplingConfig:
+        if self.quick and self.sampling.max_new_tokens > QUICK_MAX_NEW_TOKENS:
+            return self.sampling.model_copy(update={"max_new_tokens": QUICK_MAX_NEW_TOKENS})
+        return self.sampling
+
+
+class AuthorsBenchConfig(PeopleBenchConfig):
+    """Resolved config of one author-benchmark run (written to the run dir as config.yaml)."""
+
+    dataset: Literal["cmcc", "ccat50"] = "cmcc"
+    authors: list[int] | None = Field(None, description="author ids; None = all (3 with quick)")
+
     def resolved_authors(self) -> list[int]:
         valid = author_ids(self.dataset, self.data_dir)
         if self.authors is None:
@@ -86,14 +96,9 @@ class AuthorsBenchConfig(Config):
             raise PersonalignError(f"--authors: {bad} not in {self.dataset} (valid ids: {valid[0]}..{valid[-1]})")
         return list(self.authors)
 
-    def resolved_sampling(self) -> SamplingConfig:
-        if self.quick and self.sampling.max_new_tokens > QUICK_MAX_NEW_TOKENS:
-            return self.sampling.model_copy(update={"max_new_tokens": QUICK_MAX_NEW_TOKENS})
-        return self.sampling
-
 
 def _fit(
-    name: str, cfg: AuthorsBenchConfig, profile: Profile, shared: Callable[[], GenerationBackend], run: RunDir,
+    name: str, cfg: PeopleBenchConfig, profile: Profile, shared: Callable[[], GenerationBackend], run: RunDir,
     author: int,
 ) -> Personalizer:
     cls = method_class(name)
@@ -113,7 +118,7 @@ def _fit(
     return personalizer
 
 
-def _evaluators(cfg: AuthorsBenchConfig, judge: AuthorshipJudge, profile: Profile,
+def evaluators_for(cfg: PeopleBenchConfig, judge: AuthorshipJudge, profile: Profile,
                 llm_backend: GenerationBackend | None) -> list[Evaluator]:
     evaluators: list[Evaluator] = [AuthorshipEvaluator(judge), ReferenceCosineEvaluator(), RougeLEvaluator()]
     if llm_backend is not None:
@@ -138,6 +143,42 @@ def run_authors_benchmark(
     run.write_env(sampling.seed, device=cfg.model.device, methods=methods, authors=authors)
     seed_everything(sampling.seed)
     pools = authorship_pools(cfg.dataset, cfg.data_dir, max_per_author=cfg.judge_pool, seed=sampling.seed)
+    llm_backend = build_backend(ModelConfig(model=cfg.llm_judge, device=cfg.model.device)) if cfg.llm_judge else None
+
+    def prepare(author: int) -> tuple[Profile, AuthorshipJudge, list[Evaluator]]:
+        profile = author_profile(cfg.dataset, author, cfg.data_dir, seed=sampling.seed)
+        judge = fit_author_judge(author, pools.train, pools.heldout, cfg.judge_negatives, sampling.seed,
+                                 embedder="minilm" if cfg.judge_embedding_weight > 0 else None,
+                                 embedding_weight=cfg.judge_embedding_weight)
+        return profile, judge, evaluators_for(cfg, judge, profile, llm_backend)
+
+    run_people(cfg, run, authors, methods, sampling, prepare, progress, say)
+    summary = finish(run, methods, cfg.n_boot, cfg.tie_margin, sampling.seed,
+                     {"dataset": cfg.dataset, "authors": authors, "quick": cfg.quick})
+    return run, summary
+
+
+def finish(run: RunDir, methods: list[str], n_boot: int, tie_margin: float, seed: int,
+           extra: dict[str, Any]) -> dict[str, Any]:
+    """Summarize the run's scored outputs, log each method's summary once, write summary.json and table.md."""
+    summary = summarize(run.outputs, run.metrics, methods, n_boot, tie_margin, seed) | extra
+    for method, stats in summary["methods"].items():
+        if not any(r.get("kind") == "method_summary" and r.get("method") == method for r in run.metrics):
+            run.log_metrics({"kind": "method_summary", "method": method, **stats})
+    run.write_json("summary.json", summary)
+    atomic_write_text(run.path / "table.md", markdown_table(summary))
+    run.finish()
+    return summary
+
+
+def run_people(
+    cfg: PeopleBenchConfig, run: RunDir, people: list[int], methods: list[str], sampling: SamplingConfig,
+    prepare: Callable[[int], tuple[Profile, AuthorshipJudge, list[Evaluator]]], progress: bool = True,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> None:
+    """Per person: profile, judge (validity logged once) and evaluators from `prepare`, then each method is
+    fitted, generates for the profile's eval prompts and is scored; (person, method) pairs already in the run
+    dir are skipped (resume). The author and Enron benchmarks share this loop."""
     done = {(row.get("author"), row["method"]) for row in run.outputs}
     logged_validity = {row["author"] for row in run.metrics if row.get("kind") == "judge_validity"}
     backend: GenerationBackend | None = None
@@ -148,18 +189,13 @@ def run_authors_benchmark(
             backend = build_backend(cfg.model)
         return backend
 
-    llm_backend = build_backend(ModelConfig(model=cfg.llm_judge, device=cfg.model.device)) if cfg.llm_judge else None
-    for author in authors:
-        profile = author_profile(cfg.dataset, author, cfg.data_dir, seed=sampling.seed)
+    for author in people:
+        profile, judge, evaluators = prepare(author)
         eval_prompts = profile.eval_prompts[: cfg.n_prompts]
-        judge = fit_author_judge(author, pools.train, pools.heldout, cfg.judge_negatives, sampling.seed,
-                                 embedder="minilm" if cfg.judge_embedding_weight > 0 else None,
-                                 embedding_weight=cfg.judge_embedding_weight)
         assert judge.validity is not None
         say(judge.validity.line(f"author {author} judge"))
         if author not in logged_validity:
             run.log_metrics({"kind": "judge_validity", "author": author, **judge.validity.as_dict()})
-        evaluators = _evaluators(cfg, judge, profile, llm_backend)
         for name in methods:
             if (author, name) in done:
                 continue
@@ -177,15 +213,6 @@ def run_authors_benchmark(
             run.log_metrics({"kind": "author_method", "author": author, "method": name,
                              **_means(rows), "seconds": round(time.perf_counter() - start, 2)})
             del personalizer  # a trained copy of the model per author: free it before the next
-    summary = summarize(run.outputs, run.metrics, methods, cfg.n_boot, cfg.tie_margin, sampling.seed)
-    summary |= {"dataset": cfg.dataset, "authors": authors, "quick": cfg.quick}
-    for method, stats in summary["methods"].items():
-        if not any(r.get("kind") == "method_summary" and r.get("method") == method for r in run.metrics):
-            run.log_metrics({"kind": "method_summary", "method": method, **stats})
-    run.write_json("summary.json", summary)
-    atomic_write_text(run.path / "table.md", markdown_table(summary))
-    run.finish()
-    return run, summary
 
 
 def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
