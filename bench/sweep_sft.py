@@ -31,7 +31,7 @@ from personalign.profiles.loading import load_profile
 from personalign.runs import RunDir, package_versions
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
-MLP = ATTN + ["gate_proj", "up_proj", "down_proj"]
+MLP = [*ATTN, "gate_proj", "up_proj", "down_proj"]
 SETTINGS: dict[str, dict[str, Any]] = {
     "base": {},
     "lr5e-4": {"lr": 5e-4},
