@@ -176,3 +176,18 @@ def test_overload_is_shed_with_429(make_studio):
         studio._generate_lock.release()
         waiting.join()
     assert client.get("/compare").status_code == 200
+
+
+def test_next_pair_is_prepared_while_the_person_reads(make_studio):
+    studio, client = make_studio()
+    _, first, _ = open_round(client)
+    assert studio._prefetched is not None  # the next list prompt is being generated in the background
+    prepared = studio._prefetched.result()
+    _, second, _ = open_round(client)
+    rnd = studio.db.get_round(second)
+    assert (rnd.prompt, rnd.x, rnd.y) == (prepared[0], prepared[2], prepared[3])
+    assert rnd.prompt != studio.db.get_round(first).prompt
+    # A profile edit makes a prepared pair stale: the next round is generated under the new profile.
+    studio.profile_version = studio.db.profile_version(studio.profile.model_copy(update={"rules": ["Be brief."]}))
+    _, third, _ = open_round(client)
+    assert studio.db.get_round(third).profile_version == studio.profile_version

@@ -12,7 +12,8 @@ import json
 import random
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from personalign.errors import PersonalignError
-from personalign.feedback.db import FeedbackDB, FeedbackError, Round, StaleFormError, check_field, digest
+from personalign.feedback.db import Candidate, FeedbackDB, FeedbackError, Round, StaleFormError, check_field, digest
 from personalign.feedback.export import FORMATS, export
 from personalign.feedback.stats import label, method_winrates, position_bias
 from personalign.io import atomic_write_yaml, read_text
@@ -61,6 +62,9 @@ class Studio:
         self._generate_lock = threading.Lock()  # one generation at a time: backends are not thread-safe
         self._waiting = 0
         self._waiting_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-prefetch")
+        self._prefetched: Future[tuple[str, str, Candidate, Candidate, str, int]] | None = None
+        self._prefetch_lock = threading.Lock()
 
     # ---- prompts and rounds ------------------------------------------------------------------------
     def pool(self) -> list[tuple[str, str]]:
@@ -68,8 +72,8 @@ class Studio:
             return [(p, "file") for p in self.file_prompts]
         return [(p.prompt, "eval") for p in self.profile.eval_prompts]
 
-    def next_prompt(self) -> tuple[str, str]:
-        """The pool prompt answered least often so far (pool order breaks ties)."""
+    def next_prompt(self, skip: frozenset[str] = frozenset()) -> tuple[str, str]:
+        """The pool prompt answered least often so far (pool order breaks ties), avoiding `skip` when it can."""
         pool = self.pool()
         if not pool:
             raise FeedbackError("no prompts to compare on: the profile has no eval_prompts and no --prompts file; "
@@ -77,7 +81,8 @@ class Studio:
         answered: dict[str, int] = {}
         for row in self.db.answers():
             answered[row["prompt"]] = answered.get(row["prompt"], 0) + 1
-        return min(pool, key=lambda item: answered.get(item[0], 0))
+        candidates = [item for item in pool if item[0] not in skip] or pool
+        return min(candidates, key=lambda item: answered.get(item[0], 0))
 
     def _draw(self) -> tuple[Source, Source, int, int, str]:
         with self._rng_lock:
@@ -101,16 +106,54 @@ class Studio:
             with self._waiting_lock:
                 self._waiting -= 1
 
+    def _generate(self, prompt: str, source: str) -> tuple[str, str, Candidate, Candidate, str, int]:
+        first, second, seed_x, seed_y, order = self._draw()
+        x = first.generate(prompt, self.config.sampling, seed_x)
+        y = second.generate(prompt, self.config.sampling, seed_y)
+        return prompt, source, x, y, order, self.profile_version
+
+    def _prefetch_after(self, shown: str) -> None:
+        """Generate the next list prompt's pair in the background while the person reads this one: on a CPU a
+        pair takes seconds to minutes, and the person should not wait for it after every answer."""
+        with self._prefetch_lock:
+            if self._prefetched is None and self.pool():
+                prompt, source = self.next_prompt(skip=frozenset([shown]))
+
+                def run() -> tuple[str, str, Candidate, Candidate, str, int]:
+                    with self._generate_lock:
+                        return self._generate(prompt, source)
+
+                self._prefetched = self._executor.submit(run)
+
+    def _take_prefetched(self) -> tuple[str, str, Candidate, Candidate, str, int] | None:
+        with self._prefetch_lock:
+            future, self._prefetched = self._prefetched, None
+        if future is None:
+            return None
+        try:
+            made = future.result()
+        except Exception:
+            return None  # generate afresh below; a real problem shows up there with its message
+        return made if made[5] == self.profile_version else None  # made before a profile edit: stale
+
     def new_round(self, typed: str | None) -> Round:
+        made = None
         if typed is not None and typed.strip():
             prompt, source = check_field(typed.strip(), "prompt", self.config.max_text_chars), "typed"
         else:
-            prompt, source = self.next_prompt()
-        first, second, seed_x, seed_y, order = self._draw()
-        with self.generation_slot():
-            x = first.generate(prompt, self.config.sampling, seed_x)
-            y = second.generate(prompt, self.config.sampling, seed_y)
-        return self.db.add_round(prompt, source, x, y, order, self.profile_version)
+            made = self._take_prefetched()
+            prompt, source = made[:2] if made else self.next_prompt()
+        if made is None:
+            with self.generation_slot():
+                made = self._generate(prompt, source)
+        prompt, source, x, y, order, version = made
+        rnd = self.db.add_round(prompt, source, x, y, order, version)
+        if source != "typed":
+            self._prefetch_after(prompt)
+        return rnd
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def checks(self, text: str) -> list[Any]:
         return [*check_text(text, self.profile.constraints), *check_tells(text)]
@@ -128,8 +171,9 @@ class Studio:
         atomic_write_yaml(self.profile_path, profile.model_dump(mode="json", exclude_defaults=True))
         self.profile = profile
         self.profile_version = self.db.profile_version(profile)
-        for source in self.sources:
-            source.refit(profile)
+        with self._generate_lock:  # not while a (background) generation uses the old prompt builders
+            for source in self.sources:
+                source.refit(profile)
         return profile
 
 
@@ -182,7 +226,12 @@ def profile_from_form(form: dict[str, str], base: Profile) -> dict[str, Any]:
 
 # ---- the app ------------------------------------------------------------------------------------------
 def create_app(studio: Studio) -> FastAPI:
-    app = FastAPI(title="personalign studio", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        studio.close()  # finish (or cancel) a background generation before the process exits
+
+    app = FastAPI(title="personalign studio", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     env = Environment(loader=PackageLoader("personalign.studio", "templates"), autoescape=select_autoescape())
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     config = studio.config
