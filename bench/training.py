@@ -3,8 +3,9 @@
     python bench/training.py --out bench/results/training.json [--steps 3] [--skip-ditto]
 
 Part 1, per dtype (fp32, bf16), in a fresh subprocess each so peak RSS is per dtype: one LoRA step
-(r=16 on q/k/v/o, batch 8 × 256 tokens) through personalign's loop (`sft_batch` + `sft_loss` +
-`TrainingSession.update`) and through a raw loop (HF `labels=` loss, AdamW, no clipping/scheduler), on
+(r=16 on q/k/v/o, batch 8 × 256 tokens) through personalign's loop (`TrainingSession.update`: the local
+engine's `forward_backward(CrossEntropy)` + `optim_step`) and through a raw loop (HF `labels=` loss, AdamW, no
+clipping/scheduler), on
 the same model and batch, alternating so background load hits both alike. Medians over --steps after
 one warm-up step each. Part 2: one quick DITTO run (2 iterations) on the example profile; seconds per
 iteration split into sampling and optimization, from its own per-iteration metrics.
@@ -47,23 +48,28 @@ def make_batch(backend) -> list[tuple[list[int], list[int]]]:
 def worker(dtype: str, steps: int) -> dict:
     from personalign.backends.hf import HFBackend
     from personalign.config import ModelConfig
-    from personalign.methods.training import LoraSettings, TrainConfig, TrainingSession, apply_lora, sft_batch, sft_loss
+    from personalign.engines.base import CrossEntropy, LoraSettings
+    from personalign.engines.local import LocalEngine, sft_batch
+    from personalign.methods.training import TrainConfig, TrainingSession, datums
 
     torch.manual_seed(0)
     backend = HFBackend(ModelConfig(dtype=dtype, device="cpu"))
-    model = apply_lora(backend.model, LoraSettings(r=16, dropout=0.0))
-    model.train()
-    batch = sft_batch(make_batch(backend), backend.tokenizer.pad_token_id)
-    session = TrainingSession(model, TrainConfig(lr=1e-5), None)
+    engine = LocalEngine(backend, LoraSettings(r=16, dropout=0.0))
+    model = engine.model
+    pairs = make_batch(backend)
+    data = datums(pairs)
+    batch = sft_batch(pairs, backend.tokenizer.pad_token_id)
+    session = TrainingSession(engine, TrainConfig(lr=1e-5), None)
     raw_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def ours() -> float:
         start = time.perf_counter()
-        session.update(sft_loss(model, batch, backend.device))
+        session.update(data, CrossEntropy())
         return time.perf_counter() - start
 
     def raw() -> float:
         start = time.perf_counter()
+        model.train()
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         loss.backward()
         raw_opt.step()

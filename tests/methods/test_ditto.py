@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from conftest import make_tiny_llama
 from personalign.backends.hf import HFBackend
 from personalign.config import ModelConfig
+from personalign.engines.local import load_trainable_state
 from personalign.methods.base import build_personalizer
 from personalign.methods.ditto import DEMO, DittoConfig, allocate, build_comparisons, mix_batch
-from personalign.methods.training import load_trainable_state
 from personalign.profiles.loading import parse_profile
 from personalign.runs import RunDir
 
@@ -86,7 +86,7 @@ def test_ditto_raises_margin_of_demonstrations_over_own_samples(tiny_backend, tm
         return sum(d - sum(o) / len(o) for d, o in zip(demo, own, strict=True)) / len(names)
 
     after = margin()
-    load_trainable_state(tiny_backend.model, torch.load(run / "sft_warmstart" / "ref_weights.pt"))
+    load_trainable_state(tiny_backend.model, torch.load(run / "sft_warmstart" / "reference" / "weights.pt"))
     at_reference = margin()
     assert after > at_reference + 1.0  # demonstrations ≻ the policy's own iteration-0 samples, more than at π_ref
     rows = [r for r in RunDir(run).metrics if r.get("phase") == "ditto"]
@@ -128,3 +128,37 @@ def test_ditto_resume_after_an_interrupted_iteration_matches(chat_tokenizer, tmp
     a = torch.load(full / "checkpoints" / "step-000004" / "weights.pt")
     b = torch.load(crashed / "checkpoints" / "step-000004" / "weights.pt")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_first_step_runs_at_the_reference_and_cut_samples_get_no_end_of_turn(tiny_backend, tmp_path):
+    import math
+
+    from personalign.backends.hf import sequence_logprobs
+
+    profile = parse_profile({"name": "Zed Toy", "task": "write notes", "demonstrations": [
+        {"prompt": f"Greet {n}.", "output": f"Hi {n}.\n\nCheers,\nZed"} for n in ("Al", "Bo")]})
+    config = {"sft_steps": 3, "sft_lr": 1e-2, "iterations": 1, "steps_per_iteration": 2, "samples_per_prompt": 2,
+              "pairs_per_step": 4, "sample_max_new_tokens": 5, "batch_size": 2, "lr": 1e-2,
+              "lora": {"r": 4, "dropout": 0.0}}
+    run = tmp_path / "run"
+    build_personalizer("ditto", tiny_backend, config).fit(profile, RunDir(run))
+    row = next(r for r in RunDir(run).metrics if r.get("phase") == "ditto")
+    # Iteration 0's first DPO step is taken at π_ref's weights: every implicit reward is 0, the loss is ln 2.
+    assert row["first_step_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert row["dpo_loss"] != pytest.approx(math.log(2), abs=1e-4)  # ... and the later step has moved
+    extra = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())["extra"]
+    # A random model does not stop within 5 tokens: every sample is marked as cut at the limit.
+    assert extra["ended"]["0"] == [[False, False], [False, False]] and row["truncated_samples"] == 1.0
+    # The stored π_ref log-probs are the warm-start model's, of the samples without an end-of-turn token.
+    load_trainable_state(tiny_backend.model, torch.load(run / "sft_warmstart" / "reference" / "weights.pt"))
+    tok, pad = tiny_backend.tokenizer, tiny_backend.tokenizer.pad_token_id
+    for p, (name, samples) in enumerate(zip(("Al", "Bo"), extra["history"]["0"], strict=True)):
+        prompt = tiny_backend.prompt_ids([{"role": "user", "content": f"Greet {name}."}])
+        for j, text in enumerate(samples):
+            body = tok(text, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                expected = float(sequence_logprobs(tiny_backend.model, [(prompt, body)], pad, tiny_backend.device)[0])
+                with_end = float(sequence_logprobs(tiny_backend.model, [(prompt, [*body, tok.eos_token_id])], pad,
+                                                   tiny_backend.device)[0])
+            assert extra["sample_ref"]["0"][p][j] == pytest.approx(expected, abs=1e-4)
+            assert abs(with_end - expected) > 1e-3  # an end-of-turn would have changed what is stored

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
+from personalign.engines.base import policy_loss
 from personalign.errors import PersonalignError
 from personalign.methods.rlaif import (
     RewardTerm,
     RLAIFConfig,
     RLAIFMethod,
     group_advantages,
-    grpo_loss,
     length_penalty,
     parse_reward_spec,
 )
@@ -35,11 +35,24 @@ def test_group_advantages_by_hand():
     assert torch.equal(group_advantages(rewards)[1], torch.zeros(4))
 
 
+def test_group_advantages_leave_non_finite_rewards_out_of_the_group_stats():
+    nan = float("nan")
+    rewards = torch.tensor([[1.0, nan, 0.0, 1.0], [nan, nan, 3.0, 3.0], [nan, 5.0, nan, nan]])
+    adv = group_advantages(rewards, eps=0.0)
+    # group 1 over its 3 finite rewards: mean 2/3, unbiased std sqrt((1/9 + 4/9 + 1/9) / 2) = 0.57735
+    std = math.sqrt((1 / 9 + 4 / 9 + 1 / 9) / 2)
+    assert adv[0].tolist() == pytest.approx([(1 / 3) / std, 0.0, (-2 / 3) / std, (1 / 3) / std], abs=1e-5)
+    # (setting nan to 0 instead, as before, would give mean 0.5 and move every advantage)
+    assert torch.equal(group_advantages(rewards)[1], torch.zeros(4))  # equal finite rewards: no signal
+    assert torch.equal(group_advantages(rewards)[2], torch.zeros(4))  # one finite reward: no group to compare
+    assert torch.isfinite(group_advantages(rewards)).all()
+
+
 def test_grpo_loss_gradient_follows_the_advantage_and_kl_is_zero_on_policy():
     logp = torch.tensor([[-1.0, -2.0], [-1.0, -2.0]], requires_grad=True)
     mask = torch.tensor([[True, True], [True, False]])
     advantages = torch.tensor([1.0, -1.0])
-    loss, kl = grpo_loss(logp, logp.detach().clone(), mask, advantages, beta=0.1)
+    loss, kl = policy_loss(logp, mask, advantages, ref_logp=logp.detach().clone(), beta=0.1)
     loss.backward()
     # −A · mean over tokens, then mean over 2 sequences: d/dlogp = −A / (len · 2)
     assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.25], [0.5, 0.0]]))
@@ -50,7 +63,7 @@ def test_grpo_loss_gradient_follows_the_advantage_and_kl_is_zero_on_policy():
 def test_grpo_kl_term_is_k3_and_pulls_toward_the_reference():
     logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
     ref = torch.tensor([[math.log(0.25)]])
-    loss, kl = grpo_loss(logp, ref, torch.tensor([[True]]), torch.tensor([0.0]), beta=1.0)
+    loss, kl = policy_loss(logp, torch.tensor([[True]]), torch.tensor([0.0]), ref_logp=ref, beta=1.0)
     delta = math.log(0.25) - math.log(0.5)
     assert float(kl) == pytest.approx(math.exp(delta) - delta - 1)  # 0.5 − ln 0.5 − 1 = 0.1931
     loss.backward()
@@ -115,11 +128,12 @@ def test_tiny_policy_learns_a_rule_reward(chat_tokenizer, tmp_path):
     profile = Profile(name="Maya Chen", task="greet", demonstrations=[{"prompt": "Say hi", "output": "hello Maya"}],
                       constraints={"sign_off": "Maya"}, eval_prompts=["Greet Sam", "Greet Ana", "Greet Bo"])
     method = RLAIFMethod(backend, RLAIFConfig(
-        reward="rules:1", max_steps=14, batch_size=3, group_size=6, lr=5e-2, beta=0.0, max_new_tokens=6,
+        # 10 new tokens: room to end on its own (a sample cut at the limit is not taught to stop there)
+        reward="rules:1", max_steps=14, batch_size=3, group_size=6, lr=5e-2, beta=0.0, max_new_tokens=10,
         system_prompt=False, heldout_prompts=1, eval_every=7, lora={"r": 4, "alpha": 8, "dropout": 0.0},
         checkpoint_every=7,
     ))
-    probe = SamplingConfig(n=32, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=123)
+    probe = SamplingConfig(n=32, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=123)
     before = _sign_off_rate(backend.generate([[{"role": "user", "content": "Say hi"}]], probe)[0])
     run = RunDir(tmp_path / "rl")
     method.fit(profile, run, progress=False)
@@ -141,7 +155,7 @@ def test_tiny_policy_learns_a_rule_reward(chat_tokenizer, tmp_path):
 
 def test_token_logprobs_match_the_backend_scoring(tiny_backend):
     """Left padding + logits_to_keep must give the same sums as the backend's own scorer."""
-    from personalign.methods.rlaif import token_logprobs
+    from personalign.engines.local import token_logprobs
 
     conv = [{"role": "user", "content": "Say hi"}]
     pairs = [tiny_backend.prompt_completion_ids(conv, text) for text in ("hello there", "a much longer reply here")]
@@ -210,3 +224,37 @@ def test_personalize_cli_routes_rlaif_and_generate_reloads_it(chat_tokenizer, ex
     bad = CliRunner().invoke(app, ["personalize", "--method", "rlaif", "--profile", str(example_profile_path),
                                    "--reward", "bleu:1", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown kind" in bad.output
+
+
+def test_kl_to_the_reference_is_measured_and_restrains_the_policy(chat_tokenizer, tmp_path):
+    """β > 0 end to end: π_ref is the engine's snapshot of the base, its per-token log-probs reach the loss."""
+    from personalign.backends.hf import HFBackend
+    from personalign.config import ModelConfig
+    from personalign.runs import RunDir
+
+    profile = Profile(name="Maya Chen", task="greet", demonstrations=[{"prompt": "Say hi", "output": "hello Maya"}],
+                      constraints={"sign_off": "Maya"}, eval_prompts=["Greet Sam"])
+
+    def fit(beta: float):
+        model = _restricted_llama(chat_tokenizer, [HELLO, MAYA, chat_tokenizer.eos_token_id])
+        backend = HFBackend(ModelConfig(device="cpu", dtype="fp32"), model=model, tokenizer=chat_tokenizer)
+        method = RLAIFMethod(backend, RLAIFConfig(
+            reward="rules:1", max_steps=5, batch_size=2, group_size=4, lr=5e-2, beta=beta, max_new_tokens=8,
+            system_prompt=False, heldout_prompts=0, lora={"r": 4, "alpha": 8, "dropout": 0.0}, checkpoint_every=5))
+        run = RunDir(tmp_path / f"beta-{beta}")
+        method.fit(profile, run, progress=False)
+        return method, [r["kl"] for r in run.metrics if r.get("phase") == "rlaif"]
+
+    free, free_kl = fit(0.0)
+    held, held_kl = fit(2.0)
+    assert held_kl[0] == pytest.approx(0.0, abs=1e-5)  # step 1 runs at π_ref's weights
+    assert held_kl[-1] > 1e-4 and free_kl[-1] > 1e-4  # the policy moved away, and the KL says so
+    assert held_kl[-1] < free_kl[-1]  # the β-weighted KL gradient pulled the policy back toward π_ref
+    # π_ref stayed the base model: the snapshot scores like the model with the adapter switched off.
+    pairs = [held.renderer.prompt_completion_ids([{"role": "user", "content": "Say hi"}], "hello Maya")]
+    from personalign.methods.training import sequence_sums
+
+    with held.backend.model.disable_adapter():
+        base = sequence_sums(held.engine, pairs)
+    assert torch.allclose(sequence_sums(held.ref, pairs), base, atol=1e-5)
+    assert not torch.allclose(sequence_sums(held.engine, pairs), base, atol=1e-3)

@@ -1,4 +1,5 @@
-"""Shared training pieces: the DPO loss by hand, the SFT label mask, LoRA setup, resumable batch order."""
+"""Shared training pieces: the DPO loss by hand, the SFT label mask, LoRA setup, resumable batch order, the
+learning-rate schedule and checkpoints through the engine."""
 
 from __future__ import annotations
 
@@ -7,17 +8,10 @@ import math
 import pytest
 import torch
 
+from personalign.engines.base import CrossEntropy, LoraSettings
+from personalign.engines.local import LocalEngine, apply_lora, sft_batch, sft_loss
 from personalign.errors import PersonalignError
-from personalign.methods.training import (
-    LoraSettings,
-    TrainConfig,
-    TrainingSession,
-    apply_lora,
-    batch_indices,
-    dpo_loss,
-    sft_batch,
-    sft_loss,
-)
+from personalign.methods.training import TrainConfig, TrainingSession, batch_indices, datums, dpo_loss
 
 
 def _sigmoid(x: float) -> float:
@@ -80,21 +74,22 @@ def test_batch_order_is_a_pure_function_of_seed_and_step():
     assert [batch_indices(10, 4, s, seed=3) for s in range(3)] != [batch_indices(10, 4, s, seed=4) for s in range(3)]
 
 
-def test_checkpoint_restores_weights_optimizer_and_step(tmp_path):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 1)
+def test_checkpoint_restores_weights_optimizer_and_step(tiny_backend, tmp_path):
+    conv = [{"role": "user", "content": "Say hi to Al."}]
+    data = datums([tiny_backend.prompt_completion_ids(conv, "Hi Al. Cheers, Zed")])
+    engine = LocalEngine(tiny_backend, LoraSettings(r=4, dropout=0.0))
     config = TrainConfig(lr=0.1, warmup_steps=3)
-    session = TrainingSession(model, config, tmp_path)
-    x = torch.randn(8, 3)
+    session = TrainingSession(engine, config, tmp_path)
+    assert [session.lr_at(s) for s in range(4)] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1])
     for _ in range(2):
-        session.update(model(x).pow(2).mean())
+        session.update(data, CrossEntropy())
     session.save({"note": "two"})
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    exp_avg = [s["exp_avg"].clone() for s in session.optimizer.state.values()]
-    session.update(model(x).pow(2).mean())  # move on, then restore into a fresh session
-    fresh = TrainingSession(model, config, tmp_path)
+    saved = {k: v.clone() for k, v in engine.model.state_dict().items() if "lora_" in k}
+    exp_avg = [s["exp_avg"].clone() for s in engine.optimizer.state.values()]
+    session.update(data, CrossEntropy())  # move on, then restore into a fresh session
+    fresh = TrainingSession(engine, config, tmp_path)
     assert fresh.restore() == {"note": "two"}
     assert fresh.step == 2
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
-    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(exp_avg, fresh.optimizer.state.values(), strict=True))
-    assert fresh.scheduler.get_last_lr()[0] == pytest.approx(0.1)  # warmup step 3 of 3
+    assert all(torch.equal(engine.model.state_dict()[k], v) for k, v in saved.items())
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(exp_avg, engine.optimizer.state.values(), strict=True))
+    assert fresh.lr_at(fresh.step) == pytest.approx(0.1)  # warmup step 3 of 3

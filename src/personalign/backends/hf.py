@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from personalign.backends.base import Conversation, TrainableBackend, truncate_at_stop
+from personalign.backends.base import Conversation, TrainableBackend
 from personalign.config import ModelConfig, SamplingConfig
 from personalign.errors import PersonalignError
 
@@ -177,29 +177,20 @@ class HFBackend(TrainableBackend):
             "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
         }
 
-    # ---- chat rendering: the one place prompts become token ids ---------------------------------
+    # ---- chat rendering: through the one client-side renderer (engines.render) ---------------------
+    @property
+    def renderer(self) -> Any:
+        from personalign.engines.render import ChatRenderer
+
+        return ChatRenderer(self.tokenizer)
+
     def prompt_ids(self, conversation: Conversation) -> list[int]:
-        return list(
-            self.tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        )
+        return self.renderer.prompt_ids(conversation)
 
     def prompt_completion_ids(self, conversation: Conversation, completion: str) -> tuple[list[int], list[int]]:
-        prompt = self.prompt_ids(conversation)
-        full = list(
-            self.tokenizer.apply_chat_template(
-                [*conversation, {"role": "assistant", "content": completion}], tokenize=True, return_dict=True
-            )["input_ids"]
-        )
-        if full[: len(prompt)] == prompt and len(full) > len(prompt):
-            return prompt, full[len(prompt) :]
-        # Templates that re-render earlier turns differently: fall back to prompt + raw completion + eos.
-        completion_ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
-        return prompt, [*completion_ids, self.tokenizer.eos_token_id]
+        return self.renderer.prompt_completion_ids(conversation, completion)
 
     # ---- sampling ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def generate(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, progress: bool = False,
         adapter_names: Sequence[str] | None = None,
@@ -210,15 +201,26 @@ class HFBackend(TrainableBackend):
         server). The rows are then expanded n-fold here, as `num_return_sequences` would (repeat_interleave),
         because PEFT matches adapter names to rows before generate expands them.
         """
-        from transformers import LogitsProcessorList
-
-        encoded = [self.prompt_ids(c) for c in conversations]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        results: list[list[str]] = [[] for _ in encoded]
+        renderer = self.renderer
+        samples = self.sample_ids([renderer.prompt_ids(c) for c in conversations], sampling, progress, adapter_names)
         # Per sample: (tokens generated incl. the end-of-turn token, whether it ended by itself rather than at
         # max_new_tokens); the server's usage and finish_reason read it after the call.
-        self.last_token_counts: list[list[tuple[int, bool]]] = [[] for _ in encoded]
-        stop_ids = torch.tensor(sorted(self._end_token_ids()))
+        self.last_token_counts: list[list[tuple[int, bool]]] = [
+            [(len(s.tokens) + (s.stop_reason == "stop"), s.stop_reason == "stop") for s in per_prompt]
+            for per_prompt in samples]
+        return [[renderer.decode(s, sampling.stop)[0] for s in per_prompt] for per_prompt in samples]
+
+    @torch.no_grad()
+    def sample_ids(self, encoded: Sequence[list[int]], sampling: SamplingConfig, progress: bool = False,
+                   adapter_names: Sequence[str] | None = None) -> list[list[Any]]:
+        """`sampling.n` `SampledSequence`s (tokens before the end-of-turn, stop reason) per prompt's token ids."""
+        from transformers import LogitsProcessorList
+
+        from personalign.engines.base import SampledSequence
+
+        stop_ids = self._end_token_ids()
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[list[Any]] = [[] for _ in encoded]
         batch_size = max(1, self.batch_size // sampling.n)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         greedy = sampling.temperature == 0.0
@@ -257,14 +259,10 @@ class HFBackend(TrainableBackend):
                 pad_token_id=pad_id,
                 **extra,
             )
-            generated = out[:, width:].cpu()
-            texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-            ended = torch.isin(generated, stop_ids)
-            first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, generated.shape[1])
             for row, index in enumerate(batch):
-                for k in range(row * sampling.n, (row + 1) * sampling.n):
-                    results[index].append(truncate_at_stop(texts[k], sampling.stop).strip())
-                    self.last_token_counts[index].append((int(first_end[k]), bool(ended[k].any())))
+                for tokens in out[row * sampling.n : (row + 1) * sampling.n, width:].tolist():
+                    end = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+                    results[index].append(SampledSequence(tokens[:end], "length" if end is None else "stop"))
         return results
 
     def _end_token_ids(self) -> set[int]:

@@ -10,18 +10,21 @@
 Differences from the reference code (SALT-NLP/demonstrated-feedback), all engineering: fractions and batch
 size are config, not constants; a kind with no comparisons yet (iteration 0 has no replay or intermodel)
 hands its share to the others, so every batch has the configured size; chat rendering goes through the
-backend, so any chat model works; π_ref log-probs are computed once per sample (π_ref is fixed), and each
-iteration is checkpointed for `--resume`.
+client-side renderer, so any chat model works; π_ref log-probs are computed once per sample (π_ref is a
+frozen engine snapshot), and each iteration is checkpointed for `--resume`. A sample cut at the token limit
+is scored without an end-of-turn token (as the reference does): only samples that ended on their own get one.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -29,20 +32,21 @@ from pydantic import Field, model_validator
 
 from personalign.backends.base import Conversation
 from personalign.config import SamplingConfig
+from personalign.engines.base import SamplingClient
+from personalign.engines.render import ChatRenderer
 from personalign.errors import ProfileError
+from personalign.io import atomic_dir
 from personalign.judges.rules import compliance, count_words
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.sft import SFTConfig, run_sft
 from personalign.methods.training import (
     TrainConfig,
     TrainingSession,
-    apply_lora,
-    dpo_batch_loss,
-    load_trainable_state,
-    reference_logprobs,
-    require_trainable,
+    create_engine,
+    datums,
+    dpo_custom_loss,
     save_trained,
-    trainable_state,
+    sequence_sums,
     truncate_pair,
 )
 from personalign.profiles.schema import Profile
@@ -50,6 +54,7 @@ from personalign.runs import RunDir, seed_everything
 
 KINDS = ("expert", "replay", "intermodel")
 DEMO = -1  # "iteration" of a demonstration in a comparison source
+REFERENCE_DIR = "reference"  # π_ref weights (the warm start) under sft_warmstart/
 
 
 @dataclass(frozen=True)
@@ -157,87 +162,94 @@ class DittoMethod(Personalizer):
         cfg = self.config
         if not profile.demonstrations:
             raise ProfileError(f"profile {profile.name!r}: field 'demonstrations' is empty; DITTO needs demonstrations")
-        backend = require_trainable(self.backend, self.name)
         seed_everything(cfg.seed)
-        pad_id, device = backend.tokenizer.pad_token_id, backend.device
         demos = profile.demonstrations
         convs = [self.conversation(d.prompt) for d in demos]
+        engine = create_engine(self, cfg.lora)
+        renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]
 
-        def ids(p: int, text: str) -> tuple[list[int], list[int]]:
-            return truncate_pair(backend.prompt_completion_ids(convs[p], text), cfg.max_length)
+        def ids(p: int, text: str, ended: bool = True) -> tuple[list[int], list[int]]:
+            return truncate_pair(renderer.prompt_completion_ids(convs[p], text, ended), cfg.max_length)
 
         demo_pairs = [ids(p, d.output) for p, d in enumerate(demos)]
-        backend.model = model = apply_lora(backend.model, cfg.lora)
         log = run_dir.log_metrics if run_dir is not None else None
 
         # 1. warm start: SFT on the demonstrations → π_ref (its own checkpoints under sft_warmstart/).
+        scratch = tempfile.TemporaryDirectory(prefix="ditto-") if run_dir is None else None
         sft_root = run_dir.path / "sft_warmstart" if run_dir is not None else None
-        if sft_root is not None:
-            sft_root.mkdir(exist_ok=True)
-        ref_file = sft_root / "ref_weights.pt" if sft_root is not None else None
-        if cfg.resume and ref_file is not None and ref_file.is_file():
-            ref_state = torch.load(ref_file)
-            load_trainable_state(model, ref_state)
-        else:
+        ref_dir = (sft_root if sft_root is not None else Path(scratch.name)) / REFERENCE_DIR  # type: ignore[union-attr]
+        if not (cfg.resume and (ref_dir / "weights.pt").is_file()):
             shared = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
             shared.update(max_steps=cfg.sft_steps, lr=cfg.sft_lr, val_fraction=0.0, synthetic={"n_keep": 0})
-            sft_cfg = SFTConfig(**shared)
-            stats = run_sft(backend, model, demo_pairs, sft_cfg, sft_root, log, phase="ditto_sft")
-            ref_state = trainable_state(model)
-            if ref_file is not None:
-                torch.save(ref_state, ref_file)
+            if sft_root is not None:
+                sft_root.mkdir(exist_ok=True)
+            stats = run_sft(engine, demo_pairs, SFTConfig(**shared), sft_root, log, phase="ditto_sft")
+            with atomic_dir(ref_dir) as tmp:
+                engine.save_state(tmp, optimizer=False)
             if log is not None:
                 log({"phase": "ditto_sft_done", **stats}, 0)
-        demo_ref = reference_logprobs(model, demo_pairs, pad_id, device, cfg.batch_size)
+        engine.load_state(ref_dir, optimizer=False)  # π_ref's weights, and a fresh optimizer for the DPO phase
+        if scratch is not None:
+            scratch.cleanup()
+        ref = engine.snapshot()
+        demo_ref = sequence_sums(ref, demo_pairs)
 
         # 2. iterations of sample → compare → DPO.
-        session = TrainingSession(model, cfg, run_dir.path if run_dir is not None else None)
+        session = TrainingSession(engine, cfg, run_dir.path if run_dir is not None else None)
         extra = (session.restore() if cfg.resume else None) or {}
         history: dict[int, list[list[str]]] = {int(k): v for k, v in extra.get("history", {}).items()}
+        # Checkpoints written before truncation was tracked: every sample counted as ended.
+        ended: dict[int, list[list[bool]]] = {int(k): v for k, v in extra.get("ended", {}).items()} or {
+            t: [[True] * len(s) for s in per_prompt] for t, per_prompt in history.items()}
         sample_ref: dict[int, list[list[float]]] = {int(k): v for k, v in extra.get("sample_ref", {}).items()}
         first = int(extra["iteration"]) + 1 if "iteration" in extra else 0
         started = time.perf_counter() - float(extra.get("elapsed", 0.0))
         self.iteration_stats: list[dict[str, Any]] = []
+        prompt_ids = [renderer.prompt_ids(c) for c in convs]
         for it in range(first, cfg.iterations):
             t0 = time.perf_counter()
-            model.eval()
             sampling = SamplingConfig(n=cfg.samples_per_prompt, temperature=cfg.sample_temperature,
                                       top_p=cfg.sample_top_p, max_new_tokens=cfg.sample_max_new_tokens,
                                       seed=cfg.seed * 7919 + it)
-            history[it] = backend.generate(convs, sampling, progress=True)
-            sample_ref[it] = self._reference_for(model, ref_state, history[it], ids, pad_id, device)
+            decoded = [[renderer.decode(seq) for seq in per_prompt]
+                       for per_prompt in engine.sample(prompt_ids, sampling, progress=True).result()]
+            history[it] = [[text for text, _ in per_prompt] for per_prompt in decoded]
+            ended[it] = [[done for _, done in per_prompt] for per_prompt in decoded]
+            sample_ref[it] = self._reference_for(ref, history[it], ended[it], ids)
             sampling_s = time.perf_counter() - t0
 
             t1 = time.perf_counter()
             pools = build_comparisons(len(demos), history, it)
             rng = random.Random(cfg.seed * 1_000_003 + it)
-            model.eval()  # dropout off in DPO, as TRL's disable_dropout: log-probs match π_ref's
             losses, metrics, kinds = [], Counter[str](), Counter[str]()
             for _ in range(cfg.steps_per_iteration):
                 batch = mix_batch(pools, cfg.pairs_per_step, cfg.fractions, rng)
                 kinds.update(c.kind for c in batch)
 
-                def text(p: int, src: tuple[int, int]) -> str:
-                    return demos[p].output if src[0] == DEMO else history[src[0]][p][src[1]]
+                def pair(p: int, src: tuple[int, int]) -> tuple[list[int], list[int]]:
+                    if src[0] == DEMO:
+                        return demo_pairs[p]
+                    return ids(p, history[src[0]][p][src[1]], ended[src[0]][p][src[1]])
 
-                def ref(p: int, src: tuple[int, int]) -> float:
+                def ref_of(p: int, src: tuple[int, int]) -> float:
                     return float(demo_ref[p]) if src[0] == DEMO else sample_ref[src[0]][p][src[1]]
 
-                loss, stats = dpo_batch_loss(
-                    model, [ids(c.prompt, text(c.prompt, c.chosen)) for c in batch],
-                    [ids(c.prompt, text(c.prompt, c.rejected)) for c in batch],
-                    torch.tensor([ref(c.prompt, c.chosen) for c in batch]),
-                    torch.tensor([ref(c.prompt, c.rejected) for c in batch]), cfg.beta, pad_id, device,
+                out = session.update(
+                    datums([pair(c.prompt, c.chosen) for c in batch] + [pair(c.prompt, c.rejected) for c in batch]),
+                    dpo_custom_loss(torch.tensor([ref_of(c.prompt, c.chosen) for c in batch]),
+                                    torch.tensor([ref_of(c.prompt, c.rejected) for c in batch]), cfg.beta),
                 )
-                losses.append(session.update(loss))
-                metrics.update(stats)
-            model.eval()
+                losses.append(out.loss)
+                metrics.update({k: v for k, v in out.metrics.items() if k != "grad_norm"})
             samples = [s for per_prompt in history[it] for s in per_prompt]
             record = {
                 "phase": "ditto", "iteration": it, "dpo_loss": sum(losses) / len(losses),
+                "first_step_loss": losses[0],
                 **{k: v / len(losses) for k, v in metrics.items()},
                 "mean_sample_words": sum(count_words(s) for s in samples) / len(samples),
-                "mean_sample_tokens": sum(len(backend.tokenizer(s)["input_ids"]) for s in samples) / len(samples),
+                "mean_sample_tokens": sum(len(self.backend.tokenizer(s)["input_ids"])  # type: ignore[attr-defined]
+                                          for s in samples) / len(samples),
+                "truncated_samples": sum(not e for per_prompt in ended[it] for e in per_prompt) / len(samples),
                 "sample_compliance": compliance(samples, profile.constraints).rate,
                 "pairs": dict(kinds), "pool_sizes": {k: len(v) for k, v in pools.items()},
                 "sampling_seconds": round(sampling_s, 2), "optimization_seconds": round(time.perf_counter() - t1, 2),
@@ -246,21 +258,18 @@ class DittoMethod(Personalizer):
             self.iteration_stats.append(record)
             if log is not None:
                 log(record, session.step)
-            session.save({"iteration": it, "history": history, "sample_ref": sample_ref,
+            session.save({"iteration": it, "history": history, "ended": ended, "sample_ref": sample_ref,
                           "elapsed": time.perf_counter() - started})
-        model.eval()
         if run_dir is not None:
-            save_trained(self, run_dir, model)
+            save_trained(self, run_dir, engine)
 
     @staticmethod
-    def _reference_for(model: Any, ref_state: dict[str, torch.Tensor], samples: list[list[str]], ids: Any,
-                       pad_id: int, device: torch.device) -> list[list[float]]:
-        """log π_ref of each new sample: swap the warm-start weights in, score, swap the policy back."""
-        flat = [(p, s) for p, per_prompt in enumerate(samples) for s in per_prompt]
-        policy = trainable_state(model)
-        load_trainable_state(model, ref_state)
-        values = reference_logprobs(model, [ids(p, s) for p, s in flat], pad_id, device).tolist()
-        load_trainable_state(model, policy)
+    def _reference_for(ref: SamplingClient, samples: list[list[str]], ended: list[list[bool]],
+                       ids: Any) -> list[list[float]]:
+        """log π_ref of each new sample (summed over its tokens), grouped per prompt."""
+        flat = [ids(p, s, e) for p, (texts, flags) in enumerate(zip(samples, ended, strict=True))
+                for s, e in zip(texts, flags, strict=True)]
+        values = sequence_sums(ref, flat).tolist()
         out: list[list[float]] = []
         index = 0
         for per_prompt in samples:

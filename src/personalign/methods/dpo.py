@@ -14,19 +14,19 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from personalign.backends.base import Conversation
+from personalign.engines.render import ChatRenderer
 from personalign.errors import DataError, PersonalignError
 from personalign.io import enumerate_jsonl
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.training import (
     TrainConfig,
     TrainingSession,
-    apply_lora,
     batch_indices,
-    dpo_batch_loss,
-    load_trainable_adapter,
-    reference_logprobs,
-    require_trainable,
+    create_engine,
+    datums,
+    dpo_custom_loss,
     save_trained,
+    sequence_sums,
     truncate_pair,
 )
 from personalign.profiles.schema import Profile
@@ -77,40 +77,33 @@ class DPOMethod(Personalizer):
         cfg = self.config
         if not cfg.pairs:
             raise PersonalignError("method 'dpo': no pair file; pass --pairs PATH (JSONL of prompt, chosen, rejected)")
-        backend = require_trainable(self.backend, self.name)
         rows = load_pairs(cfg.pairs)
         seed_everything(cfg.seed)
-        pad_id = backend.tokenizer.pad_token_id
+        engine = create_engine(self, cfg.lora, cfg.init_adapter)
+        renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]
 
         def ids(prompt: str, completion: str) -> tuple[list[int], list[int]]:
-            return truncate_pair(backend.prompt_completion_ids(self.conversation(prompt), completion), cfg.max_length)
+            return truncate_pair(renderer.prompt_completion_ids(self.conversation(prompt), completion), cfg.max_length)
 
         chosen = [ids(r["prompt"], r["chosen"]) for r in rows]
         rejected = [ids(r["prompt"], r["rejected"]) for r in rows]
-        if cfg.init_adapter:
-            backend.model = load_trainable_adapter(backend.model, cfg.init_adapter)
-        else:
-            backend.model = apply_lora(backend.model, cfg.lora)
-        model = backend.model
-        # Reference = the starting weights, before any step (and before a resume loads later weights).
-        ref_c = reference_logprobs(model, chosen, pad_id, backend.device, cfg.batch_size)
-        ref_r = reference_logprobs(model, rejected, pad_id, backend.device, cfg.batch_size)
-        session = TrainingSession(model, cfg, run_dir.path if run_dir else None)
+        # Reference = the starting weights, before any step (and before a resume loads later weights),
+        # scored once: the data are fixed (TRL's precompute_ref_log_probs).
+        ref_c, ref_r = sequence_sums(engine, chosen), sequence_sums(engine, rejected)
+        session = TrainingSession(engine, cfg, run_dir.path if run_dir else None)
         if cfg.resume:
             session.restore()
         start = time.perf_counter()
-        model.eval()  # dropout off in DPO, as TRL's disable_dropout: log-probs match π_ref's
         while session.step < cfg.max_steps:
             idx = batch_indices(len(rows), cfg.batch_size, session.step, cfg.seed)
-            loss, stats = dpo_batch_loss(model, [chosen[i] for i in idx], [rejected[i] for i in idx],
-                                         ref_c[idx], ref_r[idx], cfg.beta, pad_id, backend.device)
-            value = session.update(loss)
+            out = session.update(datums([chosen[i] for i in idx] + [rejected[i] for i in idx]),
+                                 dpo_custom_loss(ref_c[idx], ref_r[idx], cfg.beta))
             if run_dir is not None:
-                run_dir.log_metrics({"phase": "dpo", "loss": value, **stats}, step=session.step)
+                stats = {k: v for k, v in out.metrics.items() if k != "grad_norm"}
+                run_dir.log_metrics({"phase": "dpo", "loss": out.loss, **stats}, step=session.step)
                 if session.step % cfg.checkpoint_every == 0 or session.step == cfg.max_steps:
                     session.save()
-        model.eval()
         if run_dir is not None:
             run_dir.log_metrics({"phase": "dpo_done", "steps": session.step, "pairs": len(rows),
                                  "seconds": round(time.perf_counter() - start, 2)})
-            save_trained(self, run_dir, model)
+            save_trained(self, run_dir, engine)

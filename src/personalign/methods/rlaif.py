@@ -2,16 +2,19 @@
 
 Each step samples a group of G completions for each of B prompts from the policy, scores them with the
 reward mix, turns rewards into group-normalized advantages (r − mean_group) / (std_group + ε), and takes
-one policy-gradient step on  −A·log π(y_t)  plus β · KL(π ‖ π_ref) per token (k3 estimator, as in GRPO);
-the reference policy is the base model (the LoRA adapter switched off). Every `eval_every` steps the
+one policy-gradient step through the engine's `PolicyLoss` (−A·ρ per token, ρ the importance ratio, plus
+β · KL(π ‖ π_ref), k3 estimator, as in GRPO); the reference policy is the engine's snapshot of the starting
+weights (the base model: a fresh LoRA adapter is the identity). A reward that is not finite is left out of
+its group's mean and std and gets advantage 0. A sample cut at the token limit is trained on without an
+end-of-turn token it never produced (so stopping is not rewarded by accident). Every `eval_every` steps the
 policy answers held-out prompts greedily and both the optimized reward and an evaluator that is *not*
 optimized score them, so `evaluation.hacking` can flag where the two diverge.
 
 Why a plain torch loop rather than TRL's GRPOTrainer: the step must be split into sampling, reward and
-optimization time and logged with text diagnostics inside the step; tokens must come from
-`backend.prompt_completion_ids` (GRPOTrainer renders chats itself); and rewards such as the pairwise
-win rate need the frozen reference policy inside the reward. The loop is one on-policy update per batch,
-so GRPO's clipped ratio is exactly 1 and drops out. LoRA, checkpoints and resume come from `training.py`.
+optimization time and logged with text diagnostics inside the step; tokens must come from the
+client-side renderer (GRPOTrainer renders chats itself); and rewards such as the pairwise win rate need
+the frozen reference policy inside the reward. The loop is one on-policy update per batch, so GRPO's
+clipped ratio is exactly 1 and drops out. Engine, checkpoints and resume come from `training.py`.
 
 Reward spec: comma list of `kind:weight` (or `rm:RUN_DIR[:weight]`), e.g. `rm:runs/rm-1,rules:0.5,length:0.2`.
 Kinds: `rm` (a trained reward model's score), `rules` (share of constraint checks + reward-hacking tells
@@ -22,11 +25,10 @@ passed), `pairwise` (win rate against a reference-model sample, judge asked both
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -35,15 +37,18 @@ from pydantic import Field, field_validator
 
 from personalign.backends.base import Conversation, GenerationBackend
 from personalign.config import SamplingConfig
+from personalign.engines.base import Datum, PolicyLoss, SamplingClient
+from personalign.engines.render import ChatRenderer
 from personalign.errors import PersonalignError, ProfileError
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.training import (
     LoraSettings,
     TrainConfig,
     TrainingSession,
-    apply_lora,
-    require_trainable,
+    create_engine,
+    datums,
     save_trained,
+    sequence_sums,
 )
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir, seed_everything
@@ -95,58 +100,21 @@ def parse_reward_spec(spec: str) -> list[RewardTerm]:
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """GRPO advantages of a (prompts, group) reward matrix: (r − group mean) / (group std + eps).
 
-    The std is the unbiased one (as TRL's GRPOTrainer); a group whose rewards are all equal gets 0.
+    The std is the unbiased one (as TRL's GRPOTrainer); a group whose rewards are all equal gets 0. Non-finite
+    rewards (a reward term that failed) are left out of their group's mean and std and get advantage 0,
+    rather than counting as a reward of 0 that would shift the others.
     """
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
-    return (rewards - mean) / (std + eps)
-
-
-def token_logprobs(model: Any, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log p of each completion token and its mask, shape (batch, longest completion).
-
-    `backends.hf.sequence_logprobs` sums over tokens; GRPO's per-token KL needs them unsummed. Left-padded
-    (as in generation, with matching position ids) so every completion ends at the right edge and the
-    vocabulary projection runs only over the last completion-length positions (`logits_to_keep`): with a
-    49k vocabulary that projection is most of the cost.
-    """
-    width = max(len(p) + len(c) for p, c in pairs)
-    keep = max(len(c) for _, c in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(pairs), width), dtype=torch.long)
-    mask = torch.zeros((len(pairs), keep), dtype=torch.bool)
-    for row, (prompt, completion) in enumerate(pairs):
-        ids = prompt + completion
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention[row, width - len(ids) :] = 1
-        mask[row, keep - len(completion) :] = True
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    input_ids, attention, positions, mask = (t.to(device) for t in (input_ids, attention, positions, mask))
-    # logits at position t predict token t + 1: the last `keep` targets need logits at [-keep-1, -1).
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                   logits_to_keep=keep + 1).logits[:, :-1].float()
-    targets = input_ids[:, width - keep :]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logp, mask
-
-
-def grpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
-              beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, mean KL). Per token: −exp(logp − logp.detach())·A + β·(exp(ref − logp) − (ref − logp) − 1),
-    averaged over each completion's tokens, then over completions (GRPO's sequence-mean form).
-
-    The ratio is 1 in value but carries the gradient ∇logp·A; the KL term is the unbiased, non-negative k3.
-    """
-    mask = mask.float()
-    ratio = torch.exp(logp - logp.detach())
-    delta = ref_logp - logp
-    kl = torch.exp(delta) - delta - 1
-    per_token = -ratio * advantages.unsqueeze(1) + beta * kl
-    lengths = mask.sum(dim=1).clamp(min=1)
-    loss = ((per_token * mask).sum(dim=1) / lengths).mean()
-    mean_kl = ((kl * mask).sum(dim=1) / lengths).mean()
-    return loss, mean_kl.detach()
+    finite = torch.isfinite(rewards)
+    filled = torch.where(finite, rewards, torch.zeros_like(rewards))
+    if bool(finite.all()):  # torch's own mean/std: the exact values of runs before non-finite handling
+        mean = rewards.mean(dim=1, keepdim=True)
+        std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+        return (rewards - mean) / (std + eps)
+    count = finite.sum(dim=1, keepdim=True)
+    mean = filled.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    sq = torch.where(finite, (filled - mean) ** 2, torch.zeros_like(rewards)).sum(dim=1, keepdim=True)
+    std = torch.where(count > 1, torch.sqrt(sq / (count - 1).clamp(min=1)), torch.zeros_like(mean))
+    return torch.where(finite, (filled - mean) / (std + eps), torch.zeros_like(rewards))
 
 
 def length_penalty(words: int, min_words: int | None, max_words: int | None) -> float:
@@ -185,22 +153,23 @@ class RLAIFConfig(MethodConfig, TrainConfig):
 
 
 class _ReferenceBackend(GenerationBackend):
-    """The policy's backend with the LoRA adapter switched off: the frozen reference policy as a backend."""
+    """The frozen reference policy (an engine snapshot) as a backend, for the pairwise reward and its judge."""
 
     name = "reference"
 
-    def __init__(self, inner: Any, reference: Callable[[], contextlib.AbstractContextManager[Any]]):
-        self.inner = inner
-        self.reference = reference
+    def __init__(self, client: SamplingClient, renderer: ChatRenderer):
+        self.client = client
+        self.renderer = renderer
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig,
                  progress: bool = False) -> list[list[str]]:
-        with self.reference():
-            return self.inner.generate(conversations, sampling, progress=progress)
+        prompts = [self.renderer.prompt_ids(c) for c in conversations]
+        samples = self.client.sample(prompts, sampling, progress).result()
+        return [[self.renderer.decode(s, sampling.stop)[0] for s in group] for group in samples]
 
     def logprobs(self, conversations: Sequence[Conversation], completions: Sequence[str]) -> list[float]:
-        with self.reference():
-            return self.inner.logprobs(conversations, completions)
+        pairs = [self.renderer.prompt_completion_ids(c, y) for c, y in zip(conversations, completions, strict=True)]
+        return sequence_sums(self.client, pairs).tolist()
 
 
 class RewardMix:
@@ -333,41 +302,22 @@ class RLAIFMethod(Personalizer):
             return choice, lambda prompts, texts: _mean(rm.score(prompts, texts))
         raise PersonalignError(f"heldout {self.config.heldout!r}: use auto, rules, rm:RUN_DIR or none")
 
-    @contextlib.contextmanager
-    def _reference(self) -> Iterator[None]:
-        model = self.backend.model  # type: ignore[attr-defined]
-        if hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                yield
-        else:  # full fine-tuning: swap the frozen copy in
-            self.backend.model, saved = self._ref_model, model  # type: ignore[attr-defined]
-            try:
-                yield
-            finally:
-                self.backend.model = saved  # type: ignore[attr-defined]
-
     def fit(self, profile: Profile, run_dir: RunDir | None = None, progress: bool = True) -> None:
         super().fit(profile, run_dir)
-        backend = require_trainable(self.backend, self.name)
         cfg = self.config
         seed_everything(cfg.seed)
         terms = parse_reward_spec(cfg.reward)
         train_prompts, held_prompts = self.split_prompts(profile)
         run = run_dir or RunDir(tempfile.mkdtemp(prefix="rlaif-"))
-        if not cfg.lora.enabled:
-            self._ref_model = copy.deepcopy(backend.model).eval()
-            for p in self._ref_model.parameters():
-                p.requires_grad_(False)
-        backend.model = apply_lora(backend.model, cfg.lora)
-        model = backend.model
-        reference = _ReferenceBackend(backend, self._reference)
-        reward = RewardMix(terms, profile, reference, self.conversation, cfg.pairwise_judge, cfg.seed,
-                           cfg.max_new_tokens)
+        self.engine = engine = create_engine(self, cfg.lora)
+        self.renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]
+        self.ref = engine.snapshot()  # π_ref = the starting weights, frozen before any step (and any resume)
+        reward = RewardMix(terms, profile, _ReferenceBackend(self.ref, self.renderer), self.conversation,
+                           cfg.pairwise_judge, cfg.seed, cfg.max_new_tokens)
         evaluator = self._heldout_evaluator(terms)
-        session = TrainingSession(model, cfg, run.path if run_dir is not None else None)
+        session = TrainingSession(engine, cfg, run.path if run_dir is not None else None)
         if cfg.resume:
             session.restore()
-        pad_id = backend.tokenizer.pad_token_id
         sampling = SamplingConfig(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens)
         bar_ctx: Any = contextlib.nullcontext()
@@ -378,7 +328,7 @@ class RLAIFMethod(Personalizer):
         with bar_ctx as bar:
             task = bar.add_task("rlaif", total=cfg.max_steps, completed=session.step) if bar is not None else None
             while session.step < cfg.max_steps:
-                record = self._step(session, train_prompts, reward, sampling, pad_id)
+                record = self._step(session, train_prompts, reward, sampling)
                 step = session.step
                 if evaluator is not None and held_prompts and (step % cfg.eval_every == 0 or step == cfg.max_steps
                                                                or step == 1):
@@ -388,44 +338,46 @@ class RLAIFMethod(Personalizer):
                     session.save()
                 if bar is not None:
                     bar.update(task, completed=step, description=f"rlaif reward {record['reward']:.3f}")
-        model.eval()
         self.summary = self._summarize(run, evaluator[0] if evaluator else None, progress)
         if run_dir is not None:
-            save_trained(self, run_dir, model)
+            save_trained(self, run_dir, engine)
+
+    def _sample(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[list[tuple[str, bool]]]:
+        """(text, ended on its own) for `sampling.n` samples per prompt, from the engine's current weights."""
+        ids = [self.renderer.prompt_ids(self.conversation(p)) for p in prompts]
+        groups = self.engine.sample(ids, sampling).result()
+        return [[self.renderer.decode(s, sampling.stop) for s in group] for group in groups]
 
     def _step(self, session: TrainingSession, train_prompts: list[str], reward: RewardMix,
-              sampling: SamplingConfig, pad_id: int) -> dict[str, Any]:
+              sampling: SamplingConfig) -> dict[str, Any]:
         from personalign.evaluation.hacking import text_diagnostics
         from personalign.methods.training import batch_indices
 
-        cfg, backend, model = self.config, self.backend, self.backend.model  # type: ignore[attr-defined]
+        cfg = self.config
         assert self.profile is not None
         prompts = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.batch_size, session.step, cfg.seed)]
         t0 = time.perf_counter()
-        model.eval()
-        groups = backend.generate([self.conversation(p) for p in prompts],
-                                  sampling.model_copy(update={"seed": cfg.seed * 7919 + session.step}))
+        groups = self._sample(prompts, sampling.model_copy(update={"seed": cfg.seed * 7919 + session.step}))
         flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
-        texts = [t for g in groups for t in g]
+        texts = [t for g in groups for t, _ in g]
+        ended = [e for g in groups for _, e in g]
         t1 = time.perf_counter()
         totals, parts = reward(flat_prompts, texts)
         t2 = time.perf_counter()
         rewards = torch.tensor(totals, dtype=torch.float32).view(len(prompts), cfg.group_size)
-        advantages = group_advantages(torch.nan_to_num(rewards, nan=0.0)).view(-1)
-        pairs = [backend.prompt_completion_ids(self.conversation(p), t)  # type: ignore[attr-defined]
-                 for p, t in zip(flat_prompts, texts, strict=True)]
+        advantages = group_advantages(rewards).view(-1).tolist()
+        pairs = [self.renderer.prompt_completion_ids(self.conversation(p), t, e)
+                 for p, t, e in zip(flat_prompts, texts, ended, strict=True)]
         pairs = [(p, c[: cfg.max_new_tokens + 1]) for p, c in pairs]
-        with torch.no_grad(), self._reference():
-            ref_logp, _ = token_logprobs(backend.model, pairs, pad_id, backend.device)  # type: ignore[attr-defined]
-        model.train()
-        logp, mask = token_logprobs(model, pairs, pad_id, backend.device)  # type: ignore[attr-defined]
-        loss, kl = grpo_loss(logp, ref_logp, mask, advantages.to(logp.device), cfg.beta)
-        loss_value = session.update(loss)
-        model.eval()
+        ref_logp = self.ref.compute_logprobs(datums(pairs)).result().per_datum()
+        data = [Datum(p, c, advantage=a, ref_logprobs=r)
+                for (p, c), a, r in zip(pairs, advantages, ref_logp, strict=True)]
+        out = session.update(data, PolicyLoss(kl_beta=cfg.beta))
         t3 = time.perf_counter()
         record: dict[str, Any] = {
-            "phase": "rlaif", "loss": loss_value, "reward": _mean(totals), "kl": float(kl),
+            "phase": "rlaif", "loss": out.loss, "reward": _mean(totals), "kl": out.metrics["kl"],
             **{k: _mean(v) for k, v in parts.items()},
+            "truncated_rate": sum(not e for e in ended) / len(ended),
             **text_diagnostics(texts, self.profile.constraints),
             "seconds_sampling": t1 - t0, "seconds_reward": t2 - t1, "seconds_optimization": t3 - t2,
         }
@@ -437,7 +389,7 @@ class RLAIFMethod(Personalizer):
                   evaluator: tuple[str, Evaluator]) -> dict[str, Any]:
         """Greedy answers to the held-out prompts, scored by the optimized reward and the held-out evaluator."""
         sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.config.max_new_tokens)
-        texts = [g[0] for g in self.backend.generate([self.conversation(p) for p in prompts], sampling)]
+        texts = [g[0][0] for g in self._sample(prompts, sampling)]
         totals, _ = reward(prompts, texts)
         return {"eval_reward": _mean(totals), "heldout": evaluator[1](prompts, texts),
                 "heldout_evaluator": evaluator[0]}

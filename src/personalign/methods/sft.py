@@ -1,12 +1,13 @@
 """`sft`: LoRA supervised fine-tuning on the demonstrations plus filtered synthetic data.
 
-Loss on assistant tokens only (the prompt ids from `backend.prompt_completion_ids` are masked), early
-stopping on a held-out split, a checkpoint every K steps and exact `--resume`. The loop lives here as
-`run_sft` because DITTO's warm start is the same training. See `training.py` for why it is plain torch.
+Loss on assistant tokens only (the engine's `CrossEntropy` over completion ids; prompt ids are never
+scored), early stopping on a held-out split, a checkpoint every K steps and exact `--resume`. The loop lives
+here as `run_sft` because DITTO's warm start is the same training; it talks only to a `TrainingEngine`.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -17,7 +18,10 @@ import torch
 from pydantic import Field
 
 from personalign.backends.base import Conversation
+from personalign.engines.base import CrossEntropy, TrainingEngine
+from personalign.engines.render import ChatRenderer
 from personalign.errors import ProfileError
+from personalign.io import atomic_dir
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.synthetic import (
     SYNTHETIC_FILE,
@@ -30,14 +34,10 @@ from personalign.methods.training import (
     Pair,
     TrainConfig,
     TrainingSession,
-    apply_lora,
     batch_indices,
-    load_trainable_state,
-    require_trainable,
+    create_engine,
+    datums,
     save_trained,
-    sft_batch,
-    sft_loss,
-    trainable_state,
     truncate_pair,
 )
 from personalign.profiles.schema import Profile
@@ -66,38 +66,37 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
-@torch.no_grad()
-def mean_loss(model: Any, pairs: Sequence[Pair], pad_id: int, device: torch.device, batch_size: int) -> float:
-    was_training = model.training
-    model.eval()
+def mean_loss(engine: TrainingEngine, pairs: Sequence[Pair], batch_size: int) -> float:
+    """Token-weighted mean cross-entropy of `pairs` (no gradient, no dropout)."""
     total, tokens = 0.0, 0
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         n = sum(len(c) for _, c in chunk)
-        total += float(sft_loss(model, sft_batch(chunk, pad_id), device)) * n
+        total += engine.forward(datums(chunk), CrossEntropy()).result().loss * n
         tokens += n
-    model.train(was_training)
     return total / max(1, tokens)
 
 
 def run_sft(
-    backend: Any, model: Any, pairs: Sequence[Pair], config: SFTConfig, root: Path | None,
+    engine: TrainingEngine, pairs: Sequence[Pair], config: SFTConfig, root: Path | None,
     log: LogFn | None = None, phase: str = "sft", progress: bool = True,
 ) -> dict[str, Any]:
-    """Train `model` (already LoRA-wrapped) on (prompt ids, completion ids) pairs; resumable from `root`."""
-    pad_id = backend.tokenizer.pad_token_id
+    """Train the engine's model on (prompt ids, completion ids) pairs; resumable from `root`.
+
+    One forward_backward + optim_step per batch; early stopping keeps the best held-out weights (saved as
+    engine state under `root/best/`).
+    """
     train_idx, val_idx = split_holdout(len(pairs), config.val_fraction, config.seed)
     train = [pairs[i] for i in train_idx]
     val = [pairs[i] for i in val_idx]
-    session = TrainingSession(model, config, root)
+    session = TrainingSession(engine, config, root)
     extra = (session.restore() if config.resume else None) or {}
     best_val: float | None = extra.get("best_val")
     bad_evals: int = extra.get("bad_evals", 0)
     stopped: bool = extra.get("stopped", False)
-    best_file = root / "best_weights.pt" if root is not None else None
-    best_state = torch.load(best_file) if best_file is not None and best_file.is_file() and best_val else None
+    scratch = tempfile.TemporaryDirectory(prefix="sft-best-") if root is None else None
+    best_dir = (Path(scratch.name) if scratch is not None else root) / "best"  # type: ignore[operator]
     start = time.perf_counter()
-    model.train()
     bar_ctx: Any = nullcontext()
     if progress:
         from rich.progress import Progress
@@ -107,16 +106,15 @@ def run_sft(
         task = bar.add_task(phase, total=config.max_steps, completed=session.step) if bar is not None else None
         while session.step < config.max_steps and not stopped:
             batch = [train[i] for i in batch_indices(len(train), config.batch_size, session.step, config.seed)]
-            loss = session.update(sft_loss(model, sft_batch(batch, pad_id), backend.device))
-            record: dict[str, Any] = {"phase": phase, "loss": loss, "lr": session.scheduler.get_last_lr()[0]}
+            loss = session.update(datums(batch), CrossEntropy()).loss
+            record: dict[str, Any] = {"phase": phase, "loss": loss, "lr": session.lr_at(session.step)}
             if val and session.step % config.eval_every == 0:
-                val_loss = mean_loss(model, val, pad_id, backend.device, config.batch_size)
+                val_loss = mean_loss(engine, val, config.batch_size)
                 record["val_loss"] = val_loss
                 if best_val is None or val_loss < best_val:
                     best_val, bad_evals = val_loss, 0
-                    best_state = trainable_state(model)
-                    if best_file is not None:
-                        torch.save(best_state, best_file)
+                    with atomic_dir(best_dir) as tmp:
+                        engine.save_state(tmp, optimizer=False)
                 else:
                     bad_evals += 1
                     stopped = bad_evals >= config.patience
@@ -127,9 +125,10 @@ def run_sft(
                 session.save({"best_val": best_val, "bad_evals": bad_evals, "stopped": stopped})
             if bar is not None:
                 bar.update(task, completed=session.step, description=f"{phase} loss {loss:.3f}")
-    if best_state is not None:
-        load_trainable_state(model, best_state)  # early stopping keeps the best held-out weights
-    model.eval()
+    if best_val is not None and best_dir.is_dir():
+        engine.load_state(best_dir, optimizer=False)  # early stopping keeps the best held-out weights
+    if scratch is not None:
+        scratch.cleanup()
     return {"steps": session.step, "best_val_loss": best_val, "early_stopped": stopped,
             "train_rows": len(train), "val_rows": len(val), "seconds": round(time.perf_counter() - start, 2)}
 
@@ -175,17 +174,17 @@ class SFTMethod(Personalizer):
 
     def fit(self, profile: Profile, run_dir: RunDir | None = None) -> None:
         super().fit(profile, run_dir)
-        backend = require_trainable(self.backend, self.name)
         seed_everything(self.config.seed)
         rows = self.training_rows(profile, run_dir)
-        pairs = [truncate_pair(backend.prompt_completion_ids(self.conversation(r["prompt"]), r["output"]),
+        engine = create_engine(self, self.config.lora)
+        renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]
+        pairs = [truncate_pair(renderer.prompt_completion_ids(self.conversation(r["prompt"]), r["output"]),
                                self.config.max_length) for r in rows]
-        backend.model = apply_lora(backend.model, self.config.lora)
         log = run_dir.log_metrics if run_dir is not None else None
-        stats = run_sft(backend, backend.model, pairs, self.config, run_dir.path if run_dir else None, log)
+        stats = run_sft(engine, pairs, self.config, run_dir.path if run_dir else None, log)
         if run_dir is not None:
             run_dir.log_metrics({"phase": "sft_done", **stats})
-            save_trained(self, run_dir, backend.model)
+            save_trained(self, run_dir, engine)
 
     def conversation(self, prompt: str) -> Conversation:
         # The style lives in the weights: training and generation both see the bare user prompt.

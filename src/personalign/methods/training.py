@@ -1,13 +1,14 @@
-"""Shared training machinery for sft/dpo/ditto (and rlaif): LoRA setup, the optimizer loop, DPO loss, checkpoints.
+"""Client side of training shared by sft/dpo/ditto/rlaif: configs, batching, the DPO loss, the step loop.
 
-Why a plain torch loop rather than TRL's SFTTrainer/DPOTrainer:
-- tokens must come from `TrainableBackend.prompt_completion_ids`, the one place chat rendering happens,
-  so training sees exactly the ids generation sees (TRL re-applies the chat template itself);
+Methods are written once against the engine protocol (`personalign.engines.base`): they render chats to
+token ids here on the client, and the engine (`local` by default) runs forward_backward / optim_step / sample.
+Why a plain loop rather than TRL's SFTTrainer/DPOTrainer:
+- tokens must come from the one client-side renderer (`engines.render`), so training sees exactly the ids
+  generation sees (TRL re-applies the chat template itself), and a remote engine receives only token ids;
 - DITTO resamples from the policy between optimizer steps and mixes three comparison kinds per batch,
   which TRL's trainers do not support (the reference code subclasses `Trainer` to do it);
-- exact resume is simple to guarantee here: a checkpoint holds the trainable weights, the optimizer and
-  scheduler state and the torch RNG state, and the data order is a pure function of (seed, step).
-LoRA itself comes from peft.
+- exact resume is simple to guarantee here: a checkpoint holds the engine's state (trainable weights,
+  optimizer, RNG), the learning rate is a pure function of the step, and so is the data order.
 """
 
 from __future__ import annotations
@@ -17,32 +18,30 @@ import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from personalign.config import Config
-from personalign.errors import PersonalignError
+from personalign.engines.base import (
+    AdamParams,
+    CustomLoss,
+    Datum,
+    ForwardBackwardOutput,
+    LoraSettings,
+    Loss,
+    TokenLogprobs,
+    TrainingEngine,
+)
 from personalign.io import atomic_dir
 
 CHECKPOINT_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
-
-
-class LoraSettings(Config):
-    """LoRA adapter shape; `enabled: false` means full fine-tuning of every weight."""
-
-    enabled: bool = Field(True, description="false = full fine-tuning (saves a whole model instead of an adapter)")
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
 
 class TrainConfig(Config):
     """Fields every training method shares (each method's config extends this)."""
 
+    engine: Literal["local"] = Field("local", description="where training runs: local (this process, CPU or GPU)")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -57,63 +56,6 @@ class TrainConfig(Config):
     resume: bool = Field(False, description="continue from the run dir's last checkpoint")
 
 
-# ---- model setup ----------------------------------------------------------------------------------
-def apply_lora(model: Any, settings: LoraSettings) -> Any:
-    """Wrap `model` in a fresh trainable LoRA adapter (peft), or make every weight trainable (full FT).
-
-    peft keeps adapter weights in fp32 on a bf16 base (autocast_adapter_dtype), so Adam updates stay precise.
-    """
-    if not settings.enabled:
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in settings.target_modules if m not in present]
-    if missing:
-        raise PersonalignError(
-            f"lora.target_modules: {missing} not found in the model; use module names it has, "
-            f"e.g. {sorted(n for n in present if n.endswith('proj'))[:8]}"
-        )
-    config = LoraConfig(
-        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules), task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
-
-
-def load_trainable_adapter(model: Any, adapter: str | Path) -> Any:
-    """Load a saved LoRA adapter onto `model` with its weights trainable (continue training from it)."""
-    from peft import PeftModel
-
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise PersonalignError(f"{adapter}: no adapter_config.json; init_adapter must be a saved LoRA adapter folder")
-    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-
-
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    """Copies of the trainable tensors (LoRA weights, or every weight under full fine-tuning)."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-@torch.no_grad()
-def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    unknown = [k for k in state if k not in params]
-    if unknown:
-        raise PersonalignError(f"checkpoint does not match the model (unknown weights {unknown[:3]}); start a new run")
-    for name, value in state.items():
-        params[name].copy_(value.to(params[name].device, params[name].dtype))
-
-
-def save_weights(model: Any, folder: Path) -> Path:
-    """Save the adapter (LoRA) or the whole model (full FT) into `folder`, atomically via a temp folder."""
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-    return Path(folder)
-
-
 # ---- batches and losses ---------------------------------------------------------------------------
 Pair = tuple[list[int], list[int]]  # (prompt ids, completion ids)
 
@@ -123,28 +65,6 @@ def truncate_pair(pair: Pair, max_length: int) -> Pair:
     prompt, completion = pair
     prompt = prompt[-(max_length - 1):]
     return prompt, completion[: max(1, max_length - len(prompt))]
-
-
-def sft_batch(pairs: Sequence[Pair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input ids, attention mask, and labels that are -100 on prompt and padding tokens."""
-    width = max(len(p) + len(c) for p, c in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(pairs), width), dtype=torch.long)
-    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
-    for row, (prompt, completion) in enumerate(pairs):
-        ids = prompt + completion
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        labels[row, len(prompt) : len(ids)] = torch.tensor(completion)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-def sft_loss(model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Mean next-token cross-entropy over completion tokens only (fp32 logits for a stable bf16 loss)."""
-    input_ids = batch["input_ids"].to(device)
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:].to(device)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
 
 
 def dpo_loss(
@@ -162,37 +82,33 @@ def dpo_loss(
     return loss, chosen_rewards.detach(), rejected_rewards.detach()
 
 
-def dpo_batch_loss(
-    model: Any, chosen: Sequence[Pair], rejected: Sequence[Pair], ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor, beta: float, pad_id: int, device: torch.device,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """DPO loss of a batch of (chosen, rejected) pairs in one forward pass (both halves concatenated, as TRL does).
+def dpo_custom_loss(ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float) -> CustomLoss:
+    """DPO as the engine's custom loss: data = the batch's chosen completions, then its rejected ones.
 
-    Returns the loss and its metrics: reward margin (β-scaled), pair accuracy (chosen reward above rejected).
+    Metrics: reward margin (β-scaled), pair accuracy (chosen reward above rejected), mean rewards.
     """
-    from personalign.backends.hf import sequence_logprobs
 
-    logps = sequence_logprobs(model, [*chosen, *rejected], pad_id, device)
-    n = len(chosen)
-    loss, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref_chosen.to(logps.device),
-                                          ref_rejected.to(logps.device), beta)
-    margin = chosen_r - rejected_r
-    return loss, {"reward_margin": float(margin.mean()), "pair_accuracy": float((margin > 0).float().mean()),
-                  "chosen_reward": float(chosen_r.mean()), "rejected_reward": float(rejected_r.mean())}
+    def fn(data: Sequence[Datum], logprobs: TokenLogprobs) -> tuple[torch.Tensor, dict[str, float]]:
+        sums = logprobs.sums()
+        n = len(data) // 2
+        loss, chosen_r, rejected_r = dpo_loss(sums[:n], sums[n:], ref_chosen.to(sums.device),
+                                              ref_rejected.to(sums.device), beta)
+        margin = chosen_r - rejected_r
+        return loss, {"reward_margin": float(margin.mean()), "pair_accuracy": float((margin > 0).float().mean()),
+                      "chosen_reward": float(chosen_r.mean()), "rejected_reward": float(rejected_r.mean())}
+
+    return CustomLoss(fn, name="dpo")
 
 
-@torch.no_grad()
-def reference_logprobs(model: Any, pairs: Sequence[Pair], pad_id: int, device: torch.device,
-                       batch_size: int = 8) -> torch.Tensor:
-    """Summed completion log-probs under the model as it is now (eval mode: no dropout), on the CPU."""
-    from personalign.backends.hf import sequence_logprobs
+def datums(pairs: Sequence[Pair]) -> list[Datum]:
+    return [Datum(list(p), list(c)) for p, c in pairs]
 
-    was_training = model.training
-    model.eval()
-    out = [sequence_logprobs(model, pairs[i : i + batch_size], pad_id, device).cpu()
-           for i in range(0, len(pairs), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+
+def sequence_sums(engine: Any, pairs: Sequence[Pair]) -> torch.Tensor:
+    """Summed completion log-probs of `pairs` under an engine or sampling client (on the CPU, no gradient)."""
+    if not pairs:
+        return torch.zeros(0)
+    return engine.compute_logprobs(datums(pairs)).result().sums().cpu()
 
 
 def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -204,38 +120,35 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[i
     return perm[k * batch_size : (k + 1) * batch_size]
 
 
-# ---- optimizer loop with exact checkpoints --------------------------------------------------------
+# ---- the step loop with exact checkpoints ---------------------------------------------------------
 class TrainingSession:
-    """AdamW + linear warmup over the trainable weights, with checkpoints that resume bit-for-bit.
+    """Steps an engine with AdamW + linear warmup, and checkpoints that resume bit-for-bit.
 
-    A checkpoint folder `checkpoints/step-NNNNNN/` holds trainable weights, optimizer and scheduler state,
-    the torch RNG state (LoRA dropout) and a JSON `extra` dict the method owns (losses, iteration, ...).
+    The learning rate of step s is lr · min(1, (s + 1) / warmup_steps), computed here and sent with each
+    optim_step (Tinker's shape: the client owns the schedule). A checkpoint folder `checkpoints/step-NNNNNN/`
+    holds the engine's state and a JSON `extra` dict the method owns (losses, iteration, ...).
     """
 
-    def __init__(self, model: Any, config: TrainConfig, root: Path | None):
-        self.model = model
+    def __init__(self, engine: TrainingEngine, config: TrainConfig, root: Path | None):
+        self.engine = engine
         self.config = config
         self.root = Path(root) / CHECKPOINT_DIR if root is not None else None
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise PersonalignError("no trainable weights; check lora.target_modules or set lora.enabled")
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        warmup = config.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
         self.step = 0
 
-    def update(self, loss: torch.Tensor) -> float:
-        """Backward, clip, one optimizer step; returns the loss value."""
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                       self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def lr_at(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        return self.config.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    def update(self, data: Sequence[Datum], loss: Loss) -> ForwardBackwardOutput:
+        """forward_backward + optim_step (both submitted before waiting, so a remote engine pipelines)."""
+        cfg = self.config
+        fb = self.engine.forward_backward(data, loss)
+        step = self.engine.optim_step(AdamParams(learning_rate=self.lr_at(self.step), weight_decay=cfg.weight_decay,
+                                                 grad_clip_norm=cfg.grad_clip))
+        out = fb.result()
+        out.metrics.update(step.result())
         self.step += 1
-        return float(loss.detach())
+        return out
 
     def save(self, extra: dict[str, Any] | None = None) -> Path | None:
         """Write a checkpoint for the current step (atomic folder rename) and prune old ones."""
@@ -243,9 +156,7 @@ class TrainingSession:
             return None
         final = self.root / f"step-{self.step:06d}"
         with atomic_dir(final) as tmp:
-            torch.save(trainable_state(self.model), tmp / "weights.pt")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+            self.engine.save_state(tmp)
             (tmp / "state.json").write_text(json.dumps({"step": self.step, "extra": extra or {}}), encoding="utf-8")
         for old in list_checkpoints(self.root.parent)[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -259,11 +170,7 @@ class TrainingSession:
         if not found:
             return None
         folder = found[-1]
-        load_trainable_state(self.model, torch.load(folder / "weights.pt", map_location="cpu"))
-        opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
-        torch.set_rng_state(opt["rng"])
+        self.engine.load_state(folder)
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         self.step = int(state["step"])
         return state["extra"]
@@ -279,30 +186,24 @@ def list_checkpoints(run_path: Path) -> list[Path]:
 
 
 # ---- the base of every trained method --------------------------------------------------------------
-def require_trainable(backend: Any, method: str) -> Any:
-    from personalign.backends.base import TrainableBackend
+def create_engine(personalizer: Any, lora: LoraSettings, init_adapter: str | None = None) -> TrainingEngine:
+    """The engine named by the method's config, holding a trainable copy of the personalizer's base model."""
+    from personalign.engines import build_engine
 
-    if not isinstance(backend, TrainableBackend):
-        raise PersonalignError(
-            f"method {method!r} trains weights and needs a local model backend (backend: hf), "
-            f"got {type(backend).__name__}"
-        )
-    return backend
+    return build_engine(personalizer.config.engine, personalizer.backend, lora, init_adapter)
 
 
-def save_trained(personalizer: Any, run_dir: Any, model: Any) -> str:
+def save_trained(personalizer: Any, run_dir: Any, engine: TrainingEngine) -> str:
     """Save the trained weights into the run dir and write `method.json`; returns the saved folder's name.
 
     LoRA: `adapter/` beside the base model named in the manifest. Full fine-tuning: `model/` (weights and
     tokenizer), and the manifest's model points at it.
     """
-    backend = personalizer.backend
-    if hasattr(model, "peft_config"):
-        save_weights(model, run_dir.path / ADAPTER_DIR)
-        personalizer.save_manifest(run_dir, backend.config, adapter=ADAPTER_DIR)
-        return ADAPTER_DIR
-    folder = save_weights(model, run_dir.path / "model")
-    backend.tokenizer.save_pretrained(folder)
-    model_config = backend.config.model_copy(update={"model": str(folder.resolve()), "adapter": None})
-    personalizer.save_manifest(run_dir, model_config, adapter=None)
+    saved = engine.save_weights(run_dir.path)
+    config = personalizer.backend.config
+    if "adapter" in saved:
+        personalizer.save_manifest(run_dir, config, adapter=saved["adapter"])
+        return str(saved["adapter"])
+    personalizer.save_manifest(run_dir, config.model_copy(update={"model": saved["model"], "adapter": None}),
+                               adapter=None)
     return "model"

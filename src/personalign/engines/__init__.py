@@ -1,0 +1,28 @@
+"""Training engines: the protocol (`engines.base`), client-side rendering (`engines.render`), and the engines.
+
+`build_engine(name, backend, lora)` is the one place a method gets its engine; new engines register here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from personalign.engines.base import LoraSettings, TrainingEngine
+from personalign.errors import PersonalignError
+
+ENGINES = ("local",)
+
+
+def build_engine(name: str, backend: Any, lora: LoraSettings, init_adapter: str | None = None) -> TrainingEngine:
+    """A trainable model on engine `name` from the backend's base model (LoRA, or full FT)."""
+    if name == "local":
+        from personalign.backends.base import TrainableBackend
+        from personalign.engines.local import LocalEngine
+
+        if not isinstance(backend, TrainableBackend):
+            raise PersonalignError(
+                f"engine 'local' trains an in-process model and needs a local model backend (backend: hf), "
+                f"got {type(backend).__name__}"
+            )
+        return LocalEngine(backend, lora, init_adapter)
+    raise PersonalignError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
