@@ -245,7 +245,7 @@ def test_kl_to_the_reference_is_measured_and_restrains_the_policy(chat_tokenizer
         method.fit(profile, run, progress=False)
         return method, [r["kl"] for r in run.metrics if r.get("phase") == "rlaif"]
 
-    free, free_kl = fit(0.0)
+    _, free_kl = fit(0.0)
     held, held_kl = fit(2.0)
     assert held_kl[0] == pytest.approx(0.0, abs=1e-5)  # step 1 runs at π_ref's weights
     assert held_kl[-1] > 1e-4 and free_kl[-1] > 1e-4  # the policy moved away, and the KL says so
