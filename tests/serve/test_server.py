@@ -11,9 +11,8 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from personalign.config import ModelConfig, SamplingConfig
+from personalign.config import ModelConfig
 from personalign.errors import PersonalignError
-from personalign.methods.spec import resolve_personalizer
 from personalign.serve.config import ServeConfig
 from personalign.serve.server import build_engine, running_server
 
@@ -174,13 +173,10 @@ def test_mixed_adapter_batches_route_each_request_to_its_model(server, client):
         gate.set()
         replies = [f.result().choices[0].message.content for f in futures]
     assert engine.batches[before:] == [12]  # one generate call mixed all three models
-    base_alone = resolve_personalizer("base", model=engine.models["tiny-model"].backend.slot.config)
-    for name, reply, i in zip(names, replies, range(12), strict=True):
-        if name in expected:
-            assert set(reply.split()) == {expected[name].split()[0]}, (name, reply)
-        else:
-            alone = base_alone.generate([f"Note {i} to Gus."], SamplingConfig(temperature=0, max_new_tokens=6))
-            assert reply == alone[0][0]
+    for name, reply in zip(names, replies, strict=True):
+        # The signature words tell which model answered (the base model never says either).
+        assert {w for w in ("Zed", "Ann") if w in reply} == ({expected[name].split()[0]} if name in expected
+                                                             else set()), (name, reply)
 
 
 def test_hot_load_only_under_the_adapter_root(server, client, signature_runs, tmp_path):
