@@ -96,4 +96,10 @@ def tax_root(tmp_path: Path) -> Path:
     with gzip.open(hh / "harmless-base_test.jsonl.gz", "wt") as f:
         dialogue = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bad idea?\n\nAssistant: "
         f.write(json.dumps({"chosen": dialogue + "No.", "rejected": dialogue + "Sure!"}) + "\n")
+    # HH helpful (the general signal): a few dialogues, the better answer scored higher.
+    head = "\n\nHuman: how do I {}?\n\nAssistant:"
+    (hh / "dsp_cleaned_helpful.test.json").write_text(json.dumps([
+        {"text": [head.format(t) + f" Step by step, {t} like this.", head.format(t) + " No idea."], "score": [3, 1]}
+        for t in ("bake bread", "tie a knot", "fix a tire", "plant beans")
+    ]))
     return root

@@ -78,8 +78,9 @@ def register(app: typer.Typer) -> None:
         dataset: Annotated[str | None, typer.Option("--dataset", help="comma list: dsp, synthetic, psoups, "
                                                                       "personal_llm, tldr, ultrafeedback")] = None,
         methods: Annotated[str | None, typer.Option("--methods", help="'all' or a comma list of vanilla, individual, "
-                                                                      "conditional, personalized, soups, vpl, gpo, "
-                                                                      "rag (and lora: backbone fine-tuning)")] = None,
+                                                                      "conditional, personalized, soups, rm-soup, vpl, "
+                                                                      "gpo, gpo-bt, rag, rag-vote (and lora: backbone "
+                                                                      "fine-tuning)")] = None,
         backbone: Annotated[str | None, typer.Option("--backbone", help="minilm (packaged) or a "
                                                                         "sentence-transformers model")] = None,
         embedder_dtype: Annotated[str | None, typer.Option("--embedder-dtype", help="auto (bf16 where supported) | "

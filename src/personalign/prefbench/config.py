@@ -13,15 +13,19 @@ from personalign.errors import PersonalignError
 from personalign.prefbench.methods.base import TrainConfig
 from personalign.prefbench.methods.conditional import ConditionalOptions
 from personalign.prefbench.methods.gpo import GPOOptions
+from personalign.prefbench.methods.gpo_bt import GPOBTOptions
 from personalign.prefbench.methods.individual import IndividualOptions
 from personalign.prefbench.methods.lora import LoRAOptions
 from personalign.prefbench.methods.personalized import PersonalizedOptions
 from personalign.prefbench.methods.rag import RAGOptions
-from personalign.prefbench.methods.soups import SoupsOptions
+from personalign.prefbench.methods.rag_vote import RAGVoteOptions
+from personalign.prefbench.methods.soups import RMSoupOptions, SoupsOptions
 from personalign.prefbench.methods.vanilla import VanillaOptions
 from personalign.prefbench.methods.vpl import VPLOptions
 
-ALL_METHODS = ("vanilla", "individual", "conditional", "personalized", "soups", "vpl", "gpo", "rag")
+# The published methods and, beside each, the variant kept under its own name (rm-soup, gpo-bt, rag-vote).
+ALL_METHODS = ("vanilla", "individual", "conditional", "personalized", "soups", "rm-soup", "vpl", "gpo", "gpo-bt",
+               "rag", "rag-vote")
 # Runnable by name but not part of 'all': fine-tuning the backbone is minutes per fit on a CPU.
 EXTRA_METHODS = ("lora",)
 
@@ -47,9 +51,12 @@ class MethodOptions(Config):
     conditional: ConditionalOptions = Field(default_factory=ConditionalOptions)
     personalized: PersonalizedOptions = Field(default_factory=PersonalizedOptions)
     soups: SoupsOptions = Field(default_factory=SoupsOptions)
+    rm_soup: RMSoupOptions = Field(default_factory=RMSoupOptions)
     vpl: VPLOptions = Field(default_factory=VPLOptions)
     gpo: GPOOptions = Field(default_factory=GPOOptions)
+    gpo_bt: GPOBTOptions = Field(default_factory=GPOBTOptions)
     rag: RAGOptions = Field(default_factory=RAGOptions)
+    rag_vote: RAGVoteOptions = Field(default_factory=RAGVoteOptions)
     lora: LoRAOptions = Field(default_factory=LoRAOptions)
 
 
@@ -81,6 +88,12 @@ class BenchConfig(DataOptions):
                                                          "MiniLM's 256-token window")
     tax: bool = Field(True, description="score the tax sets (chat, chat_hard, safety, reasoning)")
     tax_max_per_source: int | None = Field(200, ge=1, description="cap on pairs per tax source and category")
+    tax_bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of the tax CIs")
+    general: bool = Field(True, description="give every method HH helpful/harmless pairs as one more pseudo-user "
+                                            "(the shared component's general signal; disjoint from the tax sets)")
+    general_max_pairs: int = Field(2000, ge=2, description="general pairs (half helpful, half harmless)")
+    slow_eval_pairs: int = Field(10, ge=1, description="test pairs per user for slow methods (rag: two LLM "
+                                                       "passes each); they skip the tax and adaptation")
     adaptation: bool = Field(True, description="few-shot adaptation to held-out users")
     ks: list[int] = Field(default_factory=lambda: [10, 30, 100, 300], description="labeled pairs per new user")
     adapt_folds: int = Field(2, ge=2, description="user folds: each fold's users are held out once (each fold "
@@ -123,8 +136,11 @@ class BenchConfig(DataOptions):
             "options": o.model_copy(update={
                 "vpl": o.vpl.model_copy(update={"steps": min(o.vpl.steps, 250)}),
                 "gpo": o.gpo.model_copy(update={"steps": min(o.gpo.steps, 150)}),
-                "soups": o.soups.model_copy(update={"init_epochs": 2, "weight_steps": 60}),
+                "gpo_bt": o.gpo_bt.model_copy(update={"steps": min(o.gpo_bt.steps, 150)}),
+                "soups": o.soups.model_copy(update={"init_epochs": 2}),
+                "rm_soup": o.rm_soup.model_copy(update={"init_epochs": 2, "weight_steps": 60}),
             }),
+            "general_max_pairs": min(self.general_max_pairs, 600),
             "ks": [k for k in self.ks if k in (10, 100)] or self.ks[:2],
             "adapt_folds": 2,
             "tax_max_per_source": min(self.tax_max_per_source or 50, 50),
@@ -138,7 +154,7 @@ class BenchConfig(DataOptions):
         data = self.effective().to_dict()
         for key in ("methods", "out", "plots", "resume", "torch_threads", "jobs", "dataset", "quick"):
             data.pop(key, None)
-        data["options"] = data["options"].get(method)
+        data["options"] = data["options"].get(method.replace("-", "_"))
         payload = json.dumps({"dataset": dataset, "method": method, **data}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
 

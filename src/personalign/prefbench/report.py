@@ -17,8 +17,29 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
-def tax_mean(tax: dict[str, float] | None) -> float | None:
-    return float(np.mean(list(tax.values()))) if tax else None
+NOT_MEASURABLE = "not measurable"
+
+
+def tax_cell(r: dict[str, Any], cat: str, base_name: str = "vanilla") -> str:
+    """`acc (drop [CI])` of one tax category; "not measurable" where the base is at chance."""
+    acc = r.get("tax", {}).get(cat)
+    if acc is None:
+        return "–"
+    drop = r.get("tax_drop", {}).get(cat)
+    if drop is None:
+        return _fmt(acc)
+    if not drop["measurable"]:
+        return f"{_fmt(acc)} ({NOT_MEASURABLE})"
+    lo, hi = drop["drop_ci"]
+    return f"{_fmt(acc)} (tax {drop['drop']:+.3f} [{lo:+.3f}, {hi:+.3f}])"
+
+
+def mean_drop(r: dict[str, Any]) -> str:
+    """Mean tax over the measurable categories, or "not measurable" when none is."""
+    drops = [d["drop"] for d in r.get("tax_drop", {}).values() if d["measurable"]]
+    if not r.get("tax_drop"):
+        return "–"
+    return f"{np.mean(drops):+.3f}" if drops else NOT_MEASURABLE
 
 
 def results_json(results: dict[str, Any]) -> dict[str, Any]:
@@ -28,12 +49,16 @@ def results_json(results: dict[str, Any]) -> dict[str, Any]:
         methods[name] = {
             "mean_acc": r["mean_acc"], "worst_acc": r["worst_acc"], "worst_user": r.get("worst_user"),
             "std_acc": r.get("std_acc"), "minority_acc": r["minority_acc"], "per_user": r["per_user"],
-            "tax": r.get("tax", {}), "adaptation": r.get("adaptation", {}),
+            "n_test_pairs": r.get("n_test_pairs"), "skipped": r.get("skipped", []),
+            "tax": r.get("tax", {}), "tax_drop": r.get("tax_drop", {}), "adaptation": r.get("adaptation", {}),
             "adaptation_detail": r.get("adaptation_detail", []), "timing": r.get("timing", {}),
         }
     return {
         "dataset": results["dataset"],
         "methods": methods,
+        "skipped_methods": results.get("skipped_methods", {}),
+        "general": results.get("general", {}),
+        "characterization": results.get("characterization", {}),
         "users": results["users"],
         "minority_users": results["minority_users"],
         "baselines": results["baselines"],
@@ -50,46 +75,67 @@ def method_table(results: dict[str, Any]) -> str:
     base = results["baselines"]
     ks = sorted({int(k) for r in methods.values() for k in r.get("adaptation", {})})
     cats = [c for c in TAX_ORDER if any(c in r.get("tax", {}) for r in methods.values())]
-    header = ["method", "mean", "worst", "std", "minority", *cats, "tax Δ vanilla", "tax Δ untrained",
-              *[f"k={k}" for k in ks]]
+    header = ["method", "mean", "worst", "std", "minority", *[f"{c} acc (tax vs vanilla)" for c in cats],
+              "mean tax", *[f"k={k}" for k in ks]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    van = tax_mean(methods.get("vanilla", {}).get("tax"))
     untrained = base.get("untrained_tax")
-    unt = tax_mean(untrained)
     for name, r in methods.items():
-        tm = tax_mean(r.get("tax"))
-        cells = [name, _fmt(r["mean_acc"]), _fmt(r["worst_acc"]), _fmt(r.get("std_acc")), _fmt(r["minority_acc"]),
-                 *[_fmt(r.get("tax", {}).get(c)) for c in cats],
-                 _fmt(tm - van) if tm is not None and van is not None else "–",
-                 _fmt(tm - unt) if tm is not None and unt is not None else "–",
+        label = name + (f" (n={r['n_test_pairs']}; no {', '.join(r['skipped'])})" if r.get("skipped") else "")
+        cells = [label, _fmt(r["mean_acc"]), _fmt(r["worst_acc"]), _fmt(r.get("std_acc")), _fmt(r["minority_acc"]),
+                 *[tax_cell(r, c) for c in cats], mean_drop(r),
                  *[_fmt(r.get("adaptation", {}).get(str(k))) for k in ks]]
         lines.append("| " + " | ".join(cells) + " |")
     for ref in ("majority_vote", "oracle"):
         accs = list(base[ref].values())
         minority = [base[ref][u] for u in results["minority_users"]]
-        cells = [f"*{ref} (labels)*", _fmt(float(np.mean(accs))), _fmt(min(accs)), _fmt(float(np.std(accs))),
-                 _fmt(float(np.mean(minority)) if minority else None), *["–"] * len(cats), "–", "–",
+        cells = [f"*{ref} (test labels)*", _fmt(float(np.mean(accs))), _fmt(min(accs)), _fmt(float(np.std(accs))),
+                 _fmt(float(np.mean(minority)) if minority else None), *["–"] * len(cats), "–",
                  *["–"] * len(ks)]
         lines.append("| " + " | ".join(cells) + " |")
     if untrained:
-        cells = ["*untrained backbone*", "–", "–", "–", "–", *[_fmt(untrained.get(c)) for c in cats], "–", "–",
+        cells = ["*untrained backbone*", "–", "–", "–", "–", *[_fmt(untrained.get(c)) for c in cats], "–",
                  *["–"] * len(ks)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + notes(results)
+
+
+def notes(results: dict[str, Any]) -> str:
+    """The characterization and what the table's columns rest on, in a few lines under it."""
+    out = []
+    chars = results.get("characterization", {})
+    train, test = chars.get("train"), chars.get("test")
+    if train and test:
+        out.append(f"- characterization: disagreement {_fmt(train['disagreement'])} (train) / "
+                   f"{_fmt(test['disagreement'])} (test), consistency {_fmt(train['consistency'])}, minority users "
+                   f"(train, leave-one-out majority): {', '.join(train['minority_users']) or 'none'}; room for "
+                   f"personalization (test) {_fmt(test['mean_room'])}")
+    vanilla = results["methods"].get("vanilla", {}).get("tax_drop", {})
+    if vanilla:
+        base = ", ".join(f"{c} {d['base_acc']:.3f} [{d['base_ci'][0]:.3f}, {d['base_ci'][1]:.3f}]"
+                         + ("" if d["measurable"] else f" ({NOT_MEASURABLE})") for c, d in vanilla.items())
+        out.append(f"- tax base (vanilla) accuracy with 95% bootstrap CI: {base}")
+    general = results.get("general", {})
+    if general.get("enabled"):
+        out.append(f"- general signal: {general.get('n_pairs')} HH pairs ({', '.join(general.get('sources', []))}) "
+                   f"as one more training pseudo-user; {general.get('dropped_overlapping_tax')} dropped for "
+                   "overlapping the tax sets")
+    for name, why in results.get("skipped_methods", {}).items():
+        out.append(f"- {name}: not run ({why})")
+    return ("\n" + "\n".join(out) + "\n") if out else ""
 
 
 def summary_table(all_results: dict[str, dict[str, Any]]) -> str:
     """Paper-shaped: methods × data sets, each cell `mean / worst / minority / tax`."""
     datasets = list(all_results)
     names = list(dict.fromkeys(n for r in all_results.values() for n in r["methods"]))
-    lines = ["| method | " + " | ".join(f"{d} (mean / worst / minority / tax)" for d in datasets) + " |",
+    lines = ["| method | " + " | ".join(f"{d} (mean / worst / minority / mean tax)" for d in datasets) + " |",
              "|---|" + "---|" * len(datasets)]
     for name in names:
         cells = []
         for d in datasets:
             r = all_results[d]["methods"].get(name)
             cells.append("–" if r is None else " / ".join(
-                [_fmt(r["mean_acc"]), _fmt(r["worst_acc"]), _fmt(r["minority_acc"]), _fmt(tax_mean(r.get("tax")))]))
+                [_fmt(r["mean_acc"]), _fmt(r["worst_acc"]), _fmt(r["minority_acc"]), mean_drop(r)]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

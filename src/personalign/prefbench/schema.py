@@ -50,12 +50,29 @@ class PrefPair:
 
 
 @dataclass
+class DimensionSpec:
+    """Known preference dimensions of a data set (what Personalized Soups trains one model per) and each
+    user's declared weights over them. `pairs` label comparisons per dimension (`user_id` = the dimension's
+    name; train-side texts only); `from_users` instead says each dimension *is* the user of that name, whose
+    train pairs are its labels (DSP's domains). `source_user` names the user a dimension's labels came from."""
+
+    names: list[str]
+    weights: dict[str, dict[str, float]]
+    pairs: list[PrefPair] = field(default_factory=list)
+    from_users: bool = False
+
+    def source_user(self, name: str) -> str | None:
+        return name if self.from_users else None
+
+
+@dataclass
 class PrefData:
     """A named set of labeled comparisons from several users, with train/test splits."""
 
     name: str
     pairs: list[PrefPair]
     meta: dict[str, Any] = field(default_factory=dict)
+    dimensions: DimensionSpec | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -75,7 +92,7 @@ class PrefData:
             raise DataError(
                 f"{self.name}: unknown user id(s) {sorted(unknown)}; known users: {', '.join(self.users)}"
             )
-        return PrefData(self.name, [p for p in self.pairs if p.user_id in wanted], dict(self.meta))
+        return PrefData(self.name, [p for p in self.pairs if p.user_id in wanted], dict(self.meta), self.dimensions)
 
     def check_splits(self, required: Sequence[str] = SPLITS) -> None:
         """Every user needs pairs in every required split; say which user/split is empty."""

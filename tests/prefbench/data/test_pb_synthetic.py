@@ -51,3 +51,22 @@ def test_bad_arguments() -> None:
         make_synthetic(n_users=1)
     with pytest.raises(DataError, match="label_noise"):
         make_synthetic(label_noise=0.6)
+
+
+def test_attributes_are_declared_dimensions_labeled_on_train_comparisons_only() -> None:
+    from personalign.prefbench.data.synthetic import measure_attributes
+
+    data = make_synthetic(n_users=4, n_prompts=30, seed=1)
+    spec = data.dimensions
+    assert spec is not None and len(spec.names) == 12 and not spec.from_users
+    weights = data.meta["weights"]
+    for user, declared in spec.weights.items():
+        assert sum(declared.values()) == pytest.approx(1.0)
+        total = sum(map(abs, weights[user]))
+        for k, w in enumerate(weights[user]):
+            # The declared pole follows the weight's sign, with weight |w| / Σ|w|.
+            assert declared[f"{ATTRIBUTES[k]}{'+' if w >= 0 else '-'}"] == pytest.approx(abs(w) / total, abs=1e-3)
+    train_prompts = {p.prompt for p in data.pairs if p.split == "train"}
+    assert spec.pairs and all(p.prompt in train_prompts and p.split == "train" for p in spec.pairs)
+    longer = [p for p in spec.pairs if p.user_id == "length+"]
+    assert all(measure_attributes(p.chosen)[0] > measure_attributes(p.rejected)[0] for p in longer)

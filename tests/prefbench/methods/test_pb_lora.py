@@ -53,8 +53,11 @@ def test_lora_adapts_the_backbone_and_learns_both_users(tiny_bert: Path) -> None
     trained = [n for n, p in method.encoder.named_parameters() if p.requires_grad]
     assert frozen and trained and all("lora_" in n for n in trained)
     assert any(float(p.detach().abs().sum()) > 0 for n, p in method.encoder.named_parameters() if "lora_B" in n)
-    margins = method.margins(pairs)
-    assert min(accuracy(margins[pairs.users == u]) for u in (0, 1)) > 0.9
+    query = pairs.random_sides(seed=1)
+    margins = method.margins(query)
+    assert min(accuracy(margins[query.users == u], query.labels[query.users == u]) for u in (0, 1)) > 0.9
+    # Swapping a pair's responses flips the margin's sign.
+    np.testing.assert_allclose(method.margins(query.flipped()), -margins, atol=1e-4)
     uid = method.add_user(pairs.for_user(1).subset(np.arange(20)))
     assert accuracy(method.margins(pairs.for_user(1).as_user(uid))) > 0.9
 

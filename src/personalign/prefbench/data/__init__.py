@@ -49,6 +49,7 @@ def load_prefdata(
             "prefbench schema (user_id, prompt, chosen, rejected, split)"
         )
     if name not in HUB_DATASETS and (max_train_per_user or max_test_per_user):
-        data = PrefData(data.name, hub.cap_per_user(data.pairs, max_train_per_user, max_test_per_user, seed), data.meta)
+        data = PrefData(data.name, hub.cap_per_user(data.pairs, max_train_per_user, max_test_per_user, seed), data.meta,
+                        data.dimensions)
     data.check_splits()
     return data

@@ -2,7 +2,8 @@
 
 Setup of the DSP paper, used by Dong et al.: user `d` prefers `responses[d]` over every other response of
 the same query (the three other domains and `normal`). A comparison between two domain responses is labeled
-by both of their users (who disagree), so `pair_id` ties those rows together.
+by both of their users (who disagree), so `pair_id` ties those rows together. The domains double as
+preference dimensions (Personalized Soups): each user declares its own domain.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from personalign.errors import DataError
 from personalign.io import read_json
-from personalign.prefbench.schema import PrefData, PrefPair, comparison_id, split_of
+from personalign.prefbench.schema import DimensionSpec, PrefData, PrefPair, comparison_id, split_of
 from personalign.settings import data_dir
 
 DSP_FILE = Path("dsp") / "domain_specific_preference.test.json"
@@ -49,4 +50,6 @@ def load_dsp(data_path: str | Path | None = None, test_frac: float = 0.2, max_qu
                     user_id=user, prompt=query, chosen=own, rejected=rejected, split=split,
                     pair_id=comparison_id(query, own, rejected),
                 ))
-    return PrefData("dsp", pairs, {"source": str(path), "users": list(DSP_USERS), "test_frac": test_frac})
+    # P-SOUPS on DSP: the four domains are the preference dimensions, each user declares its own (one-hot).
+    dims = DimensionSpec(list(DSP_USERS), {u: {u: 1.0} for u in DSP_USERS}, from_users=True)
+    return PrefData("dsp", pairs, {"source": str(path), "users": list(DSP_USERS), "test_frac": test_frac}, dims)

@@ -5,6 +5,10 @@ sentiment, enthusiasm, asking back). Each response's attributes are then *measur
 deterministic functions below, z-scored over the corpus, and user `u` prefers the response with the higher
 `w_u · attributes` (a flipped label with probability `label_noise`). Minority users flip the sign of some
 of the majority's weights, so both the disagreement and the best reachable accuracy (1 − noise) are known.
+
+The attributes are also the preference dimensions (Personalized Soups): each has two poles ("length+":
+longer wins, "length-": shorter wins), labeled on train-split comparisons by the attribute alone, and a user
+declares weight |w_k| on the pole of w_k's sign (normalized to sum 1).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from personalign.errors import DataError
-from personalign.prefbench.schema import PrefData, PrefPair, comparison_id, split_of
+from personalign.prefbench.schema import DimensionSpec, PrefData, PrefPair, comparison_id, split_of
 
 ATTRIBUTES = ("length", "formality", "listness", "sentiment", "enthusiasm", "asks_back")
 
@@ -162,11 +166,19 @@ def make_synthetic(
     weights, minority = user_weights(n_users, minority_frac, rng)
     users = [f"user_{u}" for u in range(n_users)]
     pairs: list[PrefPair] = []
+    dim_pairs: list[PrefPair] = []
     for p, prompt in enumerate(prompts):
         split = split_of(prompt, test_frac, salt=f"synthetic{seed}")
         for i, j in combinations(range(responses_per_prompt), 2):
             a, b = responses[p][i], responses[p][j]
             pid = comparison_id(prompt, a, b)
+            if split == "train":
+                for k, attr in enumerate(ATTRIBUTES):
+                    gap = attrs[p, i, k] - attrs[p, j, k]
+                    if abs(gap) > 1e-9:
+                        high, low = (a, b) if gap > 0 else (b, a)
+                        dim_pairs.append(PrefPair(f"{attr}+", prompt, high, low, split, pid))
+                        dim_pairs.append(PrefPair(f"{attr}-", prompt, low, high, split, pid))
             repeats = 2 if rng.random() < repeat_frac else 1
             for u, user in enumerate(users):
                 utility_gap = float(weights[u] @ (attrs[p, i] - attrs[p, j]))
@@ -184,4 +196,10 @@ def make_synthetic(
         "expected_oracle_acc": 1.0 - label_noise,
         "seed": seed,
     }
-    return PrefData("synthetic", pairs, meta)
+    declared = {}
+    for u, user in enumerate(users):
+        total = float(np.abs(weights[u]).sum())
+        declared[user] = {f"{attr}{'+' if w >= 0 else '-'}": float(abs(w)) / total
+                          for attr, w in zip(ATTRIBUTES, weights[u], strict=True)}
+    names = [f"{attr}{pole}" for attr in ATTRIBUTES for pole in "+-"]
+    return PrefData("synthetic", pairs, meta, DimensionSpec(names, declared, dim_pairs))

@@ -17,6 +17,7 @@ import numpy as np
 
 from personalign.errors import DataError
 from personalign.io import enumerate_jsonl, read_json
+from personalign.prefbench.schema import split_of
 from personalign.settings import data_dir
 
 TAX_CATEGORIES = ("chat", "chat_hard", "safety", "reasoning")
@@ -114,12 +115,21 @@ def hh_rlhf_pairs(path: Path) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def load_hh_harmless(root: Path) -> list[TaxPair]:
+HARMLESS_SALT = "hh-harmless-tax"
+
+
+def hh_harmless_half(root: Path, half: str) -> list[tuple[str, str, str]]:
+    """The `tax` or `general` half of harmless-base test, split by prompt hash (a prompt never straddles)."""
     path = root / "hh_rlhf" / "harmless-base_test.jsonl.gz"
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the data root (--data-dir)")
+    want = "test" if half == "tax" else "train"
+    return [p for p in hh_rlhf_pairs(path) if split_of(p[0], 0.5, salt=HARMLESS_SALT) == want]
+
+
+def load_hh_harmless(root: Path) -> list[TaxPair]:
     return [TaxPair(prompt, chosen, rejected, "safety", "hh_rlhf/harmless-base")
-            for prompt, chosen, rejected in hh_rlhf_pairs(path)]
+            for prompt, chosen, rejected in hh_harmless_half(root, "tax")]
 
 
 TAX_SOURCES = {"llmbar": load_llmbar, "rm_bench": load_rmbench, "xstest": load_xstest, "hh_harmless": load_hh_harmless}

@@ -1,8 +1,10 @@
 """The one interface every prefbench method implements, plus the shared Bradley-Terry pieces.
 
 A method learns from labeled comparisons (`PairSet`: row i says user `users[i]` preferred `a[i]` over
-`b[i]`), then returns a *margin* for any comparison and user: > 0 means "`a` is preferred", < 0 "`b`",
-0 "no idea". New users join through `add_user(k labeled pairs)` (the few-shot adaptation protocol).
+`b[i]` when `label[i]` = +1, `b[i]` over `a[i]` when −1), then returns a *margin* for any comparison and
+user: > 0 means "`a` is preferred", < 0 "`b`", 0 "no idea". Methods train on chosen-first rows (`fit`
+reorients); evaluation sets put the chosen response on a random side, so a method that learned "the first
+slot wins" scores at chance. New users join through `add_user(k labeled pairs)` (few-shot adaptation).
 
 Heads are trained with plain torch: no library trains small reward heads on cached embeddings, and a
 dozen lines of Adam keep every step visible and deterministic.
@@ -31,6 +33,8 @@ class PairSet:
 
     `a_idx`/`b_idx` index a shared text table (`texts`): equal ids mean equal texts, which identifies the
     same comparison across users (majority vote) and gives text-based methods (LLM RAG, LoRA) their input.
+    `prompt` holds the prompt's embedding (RAG retrieves by it), `prompt_idx` the prompt's text id, and
+    `label` which side was preferred (+1 `a`, −1 `b`; None: every row is chosen-first).
     """
 
     a: np.ndarray
@@ -40,6 +44,8 @@ class PairSet:
     b_idx: np.ndarray | None = None
     prompt: np.ndarray | None = None
     texts: Sequence[str] | None = None
+    label: np.ndarray | None = None
+    prompt_idx: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.a = np.asarray(self.a, dtype=np.float32)
@@ -50,7 +56,7 @@ class PairSet:
             raise PersonalignError(
                 f"PairSet: a {self.a.shape}, b {self.b.shape} and users ({n},) must be (n, d), (n, d), (n,)"
             )
-        for name in ("a_idx", "b_idx"):
+        for name in ("a_idx", "b_idx", "label", "prompt_idx"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, np.asarray(value, dtype=np.int64).reshape(-1))
@@ -58,6 +64,8 @@ class PairSet:
                     raise PersonalignError(f"PairSet: {name} has {len(getattr(self, name))} rows, expected {n}")
         if self.prompt is not None:
             self.prompt = np.asarray(self.prompt, dtype=np.float32)
+        if self.label is not None and not np.isin(self.label, (-1, 1)).all():
+            raise PersonalignError("PairSet: label must be +1 (a preferred) or −1 (b preferred)")
 
     def __len__(self) -> int:
         return len(self.users)
@@ -70,7 +78,7 @@ class PairSet:
         idx = np.asarray(idx, dtype=np.int64)
         pick = lambda x: None if x is None else x[idx]  # noqa: E731 - tiny local helper
         return PairSet(self.a[idx], self.b[idx], self.users[idx], pick(self.a_idx), pick(self.b_idx),
-                       pick(self.prompt), self.texts)
+                       pick(self.prompt), self.texts, pick(self.label), pick(self.prompt_idx))
 
     def for_user(self, user: int) -> PairSet:
         return self.subset(np.flatnonzero(self.users == user))
@@ -79,8 +87,34 @@ class PairSet:
         """The same comparisons attributed to `user` (to score a shared set, e.g. a tax set, per user)."""
         return replace(self, users=np.full(len(self), user, dtype=np.int64))
 
+    @property
+    def labels(self) -> np.ndarray:
+        """+1 where `a` was preferred, −1 where `b` was."""
+        return np.ones(len(self), dtype=np.int64) if self.label is None else self.label
+
     def flipped(self) -> PairSet:
-        return PairSet(self.b, self.a, self.users, self.b_idx, self.a_idx, self.prompt, self.texts)
+        """Both responses swapped: the same judgements, so the label flips too."""
+        return PairSet(self.b, self.a, self.users, self.b_idx, self.a_idx, self.prompt, self.texts, -self.labels,
+                       self.prompt_idx)
+
+    def chosen_first(self) -> PairSet:
+        """Rows reoriented so `a` is the preferred response (what training losses expect)."""
+        if self.label is None:
+            return self
+        swap = self.label < 0
+        pick = lambda x, y: None if x is None else np.where(swap.reshape(-1, *[1] * (x.ndim - 1)), y, x)  # noqa: E731
+        return PairSet(pick(self.a, self.b), pick(self.b, self.a), self.users, pick(self.a_idx, self.b_idx),
+                       pick(self.b_idx, self.a_idx), self.prompt, self.texts, None, self.prompt_idx)
+
+    def random_sides(self, seed: int) -> PairSet:
+        """The same judgements with the preferred response on a seeded random side (for evaluation sets)."""
+        base = self.chosen_first()
+        swap = np.random.default_rng(seed).random(len(self)) < 0.5
+        flipped = base.flipped()
+        pick = lambda x, y: None if x is None else np.where(swap.reshape(-1, *[1] * (x.ndim - 1)), y, x)  # noqa: E731
+        return PairSet(pick(base.a, flipped.a), pick(base.b, flipped.b), self.users, pick(base.a_idx, flipped.a_idx),
+                       pick(base.b_idx, flipped.b_idx), self.prompt, self.texts, np.where(swap, -1, 1),
+                       self.prompt_idx)
 
     @staticmethod
     def concat(sets: Sequence[PairSet]) -> PairSet:
@@ -88,7 +122,40 @@ class PairSet:
             parts = [getattr(s, name) for s in sets]
             return None if any(p is None for p in parts) else np.concatenate(parts)
 
-        return PairSet(cat("a"), cat("b"), cat("users"), cat("a_idx"), cat("b_idx"), cat("prompt"), sets[0].texts)
+        labels = None if all(s.label is None for s in sets) else np.concatenate([s.labels for s in sets])
+        return PairSet(cat("a"), cat("b"), cat("users"), cat("a_idx"), cat("b_idx"), cat("prompt"), sets[0].texts,
+                       labels, cat("prompt_idx"))
+
+
+@dataclass
+class Dimensions:
+    """Known preference dimensions (P-SOUPS' "preferences"): labeled pairs per dimension (`pairs.users` =
+    the dimension's index), each user's declared weights over them (rows on the simplex), and the training
+    user a dimension's labels came from, if any (DSP: each domain is a user), so adaptation can drop
+    dimensions learned from a held-out user."""
+
+    names: list[str]
+    pairs: PairSet
+    weights: np.ndarray
+    source_user: list[int | None]
+
+    def declared(self, user: int) -> dict[str, float]:
+        return {n: float(w) for n, w in zip(self.names, self.weights[user], strict=True) if w > 0}
+
+    def for_users(self, keep: Sequence[int]) -> Dimensions:
+        """Weights of `keep` (renumbered 0..), without dimensions whose labels came from other users."""
+        keep = list(keep)
+        dims = [d for d, src in enumerate(self.source_user) if src is None or src in keep]
+        rows = np.flatnonzero(np.isin(self.pairs.users, dims))
+        sub = self.pairs.subset(rows)
+        sub.users = np.array([dims.index(int(u)) for u in sub.users], dtype=np.int64)
+        mapping = {u: i for i, u in enumerate(keep)}
+        return Dimensions([self.names[d] for d in dims], sub, self.weights[np.ix_(keep, dims)],
+                          [None if self.source_user[d] is None else mapping[self.source_user[d]] for d in dims])
+
+    def with_user(self, weights: np.ndarray) -> Dimensions:
+        """One more user (e.g. the general-signal pseudo-user) with declared `weights`."""
+        return Dimensions(self.names, self.pairs, np.vstack([self.weights, weights[None]]), self.source_user)
 
 
 class TrainConfig(Config):
@@ -173,6 +240,10 @@ class PrefMethod(ABC):
     Options: ClassVar[type[Config]] = Config
     #: True when the method's margins ignore the user (vanilla): the bench then scores shared sets once.
     user_agnostic: ClassVar[bool] = False
+    #: True when fit() needs the data set's preference dimensions (soups).
+    needs_dimensions: ClassVar[bool] = False
+    #: True when scoring a pair is costly (an LLM forward pass): the bench scores a capped sample.
+    slow: ClassVar[bool] = False
 
     def __init__(self, options: Config | dict[str, Any] | None = None, train: TrainConfig | None = None,
                  seed: int = 0):
@@ -186,19 +257,26 @@ class PrefMethod(ABC):
         self.n_users = 0
         self.dim = 0
         self._fitted = False
+        self.dimensions: Dimensions | None = None
+        self.declared_new: dict[str, float] | None = None  # the declared weights add_user was given
 
     # -- public API ---------------------------------------------------------------------------------
-    def fit(self, pairs: PairSet, n_users: int) -> PrefMethod:
-        """Learn from `pairs` of users 0..n_users-1 (each user needs at least one pair)."""
+    def fit(self, pairs: PairSet, n_users: int, dimensions: Dimensions | None = None) -> PrefMethod:
+        """Learn from `pairs` of users 0..n_users-1 (each user needs at least one pair). `dimensions`: the data
+        set's known preference dimensions and each user's declared weights (only `soups` needs them)."""
         if len(pairs) == 0:
             raise PersonalignError(f"{self.name}: empty training set; every method needs labeled pairs")
         self._check_users(pairs.users, n_users)
         missing = sorted(set(range(n_users)) - set(np.unique(pairs.users).tolist()))
         if missing:
             raise PersonalignError(f"{self.name}: users {missing} have no training pairs; drop them or add pairs")
+        if self.needs_dimensions and dimensions is None:
+            raise PersonalignError(f"{self.name}: needs known preference dimensions and users' declared weights; "
+                                   "this data set declares none (use rm-soup, which learns the weights)")
         torch.manual_seed(self.seed)
         self.n_users, self.dim = n_users, pairs.dim
-        self._fit(pairs)
+        self.dimensions = dimensions
+        self._fit(pairs.chosen_first())
         self._fitted = True
         return self
 
@@ -214,8 +292,9 @@ class PrefMethod(ABC):
         with torch.no_grad():
             return np.asarray(self._margins(pairs), dtype=np.float32)
 
-    def add_user(self, pairs: PairSet) -> int:
-        """Adapt to a new user from its labeled `pairs` (any user ids in them are ignored); returns its id."""
+    def add_user(self, pairs: PairSet, declared: dict[str, float] | None = None) -> int:
+        """Adapt to a new user from its labeled `pairs` (any user ids in them are ignored) and, where the data
+        set has preference dimensions, its declared weights over them; returns its id."""
         if not self._fitted:
             raise PersonalignError(f"{self.name}: call fit() before add_user()")
         if len(pairs) == 0:
@@ -223,7 +302,8 @@ class PrefMethod(ABC):
         uid = self.n_users
         self.n_users += 1
         torch.manual_seed(self.seed + 7919 * uid)
-        self._add_user(uid, pairs.as_user(uid))
+        self.declared_new = declared
+        self._add_user(uid, pairs.as_user(uid).chosen_first())
         return uid
 
     def _check_users(self, users: np.ndarray, n_users: int) -> None:
@@ -245,8 +325,15 @@ class PrefMethod(ABC):
     def _add_user(self, uid: int, pairs: PairSet) -> None: ...
 
 
-def accuracy(margins: np.ndarray) -> float:
-    """Share of rows whose first response wins; a zero margin (no decision) counts half."""
+def correct(margins: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Per row: 1 if the margin picks the preferred side (`labels`: +1 = `a`, −1 = `b`; None = all `a`),
+    0 if the other, ½ for a zero margin (no decision)."""
+    signed = margins if labels is None else margins * labels
+    return (signed > 0) + 0.5 * (signed == 0)
+
+
+def accuracy(margins: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """Share of rows whose preferred response wins (see `correct`); NaN on no rows."""
     if len(margins) == 0:
         return float("nan")
-    return float(np.mean((margins > 0) + 0.5 * (margins == 0)))
+    return float(np.mean(correct(margins, labels)))

@@ -27,6 +27,7 @@ class EpisodeOptions(Config):
     context_max: int = Field(64, ge=1, description="most context pairs per training episode")
     targets: int = Field(32, ge=1, description="target pairs per training episode")
     eval_context: int = Field(128, ge=1, description="most context pairs a user is evaluated with")
+    lr: float | None = Field(None, gt=0, description="learning rate (None: the shared train.lr)")
 
 
 @dataclass
@@ -83,7 +84,7 @@ def train_on_episodes(method: PrefMethod, model: nn.Module, pairs: PairSet,
                       episode_loss: Callable[[Episodes], torch.Tensor]) -> list[float]:
     """AdamW over `method.options.steps` batches of random user episodes; returns the loss per step."""
     o, cfg = method.options, method.train_cfg
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr or cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(method.seed)
     rows = user_rows(pairs, method.n_users)
     losses: list[float] = []

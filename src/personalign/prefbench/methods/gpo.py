@@ -1,14 +1,17 @@
-"""`gpo` (Group Preference Optimization, Zhao et al. 2024): a transformer that reads a user's labeled
-context and predicts the user's preferences on target responses, in one forward pass (no gradient step
-to adapt).
+"""`gpo` (Group Preference Optimization, Zhao et al. 2024), as in the reference code
+(`jamqd/Group-Preference-Optimization`, `models/tnp.py` + `models/gpo.py`) with Dong et al.'s sizes.
 
-As in GPO, a token is one *response*: its embedding plus a preference channel y (+1: it was the chosen one
-of its comparison, −1: the rejected one, 0: unknown = a target), plus a signed copy y·embedding (see
-`tokens`). Masking as in GPO's transformer neural
-process: every token attends only to (non-padded) *context* tokens, so targets never see each other and a
-target's score does not depend on which other targets are in the batch. A comparison's two target scores go
-through a softmax over its options (GPO's per-question softmax), i.e. P(a ≻ b) = σ(s_a − s_b), trained with
-the log-likelihood of the user's choices over episodes of many users.
+A transformer neural process over *responses*: a token is `[x, y]`, the response's embedding and its
+preference y (context: 1 for the chosen response of a comparison, 0 for the rejected one; targets: 0, as the
+reference feeds `[x_t, 0]`). Every token attends only to the (non-padded) context tokens (TNP's non-
+autoregressive mask), so a target's prediction depends on the user's context alone. The head predicts a
+mean and a std per target; each question's (comparison's) means go through a softmax over its options,
+and the loss is the Gaussian negative log-likelihood of the observed preferences y under N(softmax mean,
+std) — the reference's objective, with std = exp(raw) (`bound_std=False`) or 0.05 + 0.95·softplus(raw).
+
+Sizes follow Dong et al.'s GPO config: d_model 128, embedder depth 4, feed-forward 128, 4 heads, 6 layers,
+dropout 0. The margin of a comparison is the difference of its two pre-softmax means (the softmax
+probability of `a` is σ of it). See `gpo-bt` for the Bradley-Terry variant.
 """
 
 from __future__ import annotations
@@ -26,53 +29,62 @@ from personalign.prefbench.methods.episodes import (
     margins_by_user,
     train_on_episodes,
 )
+from personalign.prefbench.methods.gpo_bt import gpo_attention_mask
 
 
 class GPOOptions(EpisodeOptions):
-    d_model: int = Field(64, ge=8)
-    layers: int = Field(2, ge=1)
+    d_model: int = Field(128, ge=8, description="Dong et al.'s GPO config")
+    emb_depth: int = Field(4, ge=2, description="layers of the token embedder MLP (reference build_mlp depth)")
+    layers: int = Field(6, ge=1)
     heads: int = Field(4, ge=1)
     ff: int = Field(128, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bound_std: bool = Field(False, description="std = 0.05 + 0.95·softplus (True) or exp (False, the reference)")
+    standardize: bool = Field(True, description="z-score embedding dimensions on the training data first "
+                                                "(sentence embeddings differ by tiny amounts otherwise)")
     episodes: int = Field(8, ge=1, description="user episodes per step")
-    context_max: int = Field(32, ge=1, description="most context pairs per training episode")
-    targets: int = Field(16, ge=1, description="target pairs per training episode")
-    eval_context: int = Field(64, ge=1, description="most context pairs a user is evaluated with")
+    context_min: int = Field(10, ge=1, description="Dong et al.: 10–100 context questions")
+    context_max: int = Field(64, ge=1, description="most context questions per training episode")
+    targets: int = Field(32, ge=1, description="target questions per training episode")
+    steps: int = Field(500, ge=1)
+    lr: float | None = Field(1e-3, gt=0, description="AdamW learning rate (None: the shared train.lr); the "
+                                                    "reference's 1e-4 needs far more steps than a CPU run has")
+    eval_context: int = Field(100, ge=1, description="most context questions a user is evaluated with")
     eval_chunk: int = Field(512, ge=1, description="target responses per forward pass at evaluation")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout in the transformer (small data overfits)")
 
 
-def gpo_attention_mask(n_ctx: int, n_tar: int) -> torch.Tensor:
-    """(L, L) boolean mask, True = blocked: every query may attend to the n_ctx context keys only."""
-    mask = torch.ones(n_ctx + n_tar, n_ctx + n_tar, dtype=torch.bool)
-    mask[:, :n_ctx] = False
-    return mask
+def build_mlp(dim_in: int, dim_hid: int, dim_out: int, depth: int) -> nn.Sequential:
+    """The reference's `build_mlp`: depth Linear layers with ReLU between."""
+    layers: list[nn.Module] = [nn.Linear(dim_in, dim_hid), nn.ReLU()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(dim_hid, dim_hid), nn.ReLU()]
+    layers.append(nn.Linear(dim_hid, dim_out))
+    return nn.Sequential(*layers)
 
 
-def tokens(x: torch.Tensor, y: float | torch.Tensor) -> torch.Tensor:
-    """(…, d) response embeddings and a preference channel (scalar or (…)) → (…, 2d + 1) token features
-    [x, y·x, y]. The signed copy y·x makes the mean over a user's context tokens (mean chosen − mean
-    rejected) a linear function of the inputs: without it the network must first learn that product, which
-    it did not manage on 4–8 users (training loss stayed at ln 2)."""
-    y = torch.as_tensor(y, dtype=x.dtype).expand(x.shape[:-1])
-    return torch.cat([x, y[..., None] * x, y[..., None]], dim=-1)
+def question_softmax(mean_a: torch.Tensor, mean_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over each question's two options: (P(a), P(b))."""
+    p = torch.softmax(torch.stack([mean_a, mean_b], dim=-1), dim=-1)
+    return p[..., 0], p[..., 1]
 
 
-def context_tokens(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, d) chosen/rejected context pairs → (B, 2C, d+1) tokens (chosen +1, rejected −1) and mask."""
-    return torch.cat([tokens(a, 1.0), tokens(b, -1.0)], dim=1), torch.cat([mask, mask], dim=1)
+def gaussian_nll(mean_a: torch.Tensor, mean_b: torch.Tensor, std_a: torch.Tensor, std_b: torch.Tensor,
+                 y_a: torch.Tensor, y_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """−mean over valid target tokens of log N(y; softmax mean, std), both options of every question."""
+    p_a, p_b = question_softmax(mean_a, mean_b)
+    ll_a = torch.distributions.Normal(p_a, std_a).log_prob(y_a)
+    ll_b = torch.distributions.Normal(p_b, std_b).log_prob(y_b)
+    return -torch.cat([ll_a[mask], ll_b[mask]]).mean()
 
 
 class GPOModel(nn.Module):
     def __init__(self, dim: int, o: GPOOptions):
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(2 * dim + 1, o.d_model), nn.ReLU(), nn.Linear(o.d_model, o.d_model))
-        layer = nn.TransformerEncoderLayer(o.d_model, o.heads, o.ff, dropout=o.dropout, batch_first=True,
-                                           norm_first=True)
+        self.embedder = build_mlp(dim + 1, o.d_model, o.d_model, o.emb_depth)
+        layer = nn.TransformerEncoderLayer(o.d_model, o.heads, o.ff, dropout=o.dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, o.layers, enable_nested_tensor=False)
-        self.head = nn.Sequential(nn.Linear(o.d_model, o.ff), nn.ReLU(), nn.Linear(o.ff, 1))
-        # Per-dimension standardization of the embeddings (set from the training data): sentence embeddings
-        # of answers to similar prompts differ by tiny amounts, which a transformer trained from scratch
-        # barely sees at their raw scale.
+        self.predictor = nn.Sequential(nn.Linear(o.d_model, o.ff), nn.ReLU(), nn.Linear(o.ff, 2))
+        self.bound_std = o.bound_std
         self.register_buffer("shift", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
 
@@ -80,50 +92,59 @@ class GPOModel(nn.Module):
         self.shift.copy_(x.mean(dim=0))
         self.scale.copy_(x.std(dim=0).clamp(min=1e-6))
 
-    def forward(self, ctx: torch.Tensor, ctx_mask: torch.Tensor, tar: torch.Tensor) -> torch.Tensor:
-        """ctx (B, C, 2d+1) tokens with validity (B, C); tar (B, T, 2d+1) → target scores (B, T)."""
-        n_ctx, n_tar = ctx.shape[1], tar.shape[1]
-        x = torch.cat([ctx, tar], dim=1)
-        d = self.shift.shape[0]
-        emb = (x[..., :d] - self.shift) / self.scale
-        # The signed copy is rebuilt from the standardized embedding so both halves share one scale.
-        x = torch.cat([emb, x[..., -1:] * emb, x[..., -1:]], dim=-1)
-        h = self.embed(x)
-        padding = torch.cat([~ctx_mask, torch.zeros(tar.shape[:2], dtype=torch.bool)], dim=1)
-        out = self.encoder(h, mask=gpo_attention_mask(n_ctx, n_tar), src_key_padding_mask=padding)
-        return self.head(out[:, n_ctx:]).squeeze(-1)
+    def forward(self, ctx_x: torch.Tensor, ctx_y: torch.Tensor, ctx_mask: torch.Tensor,
+                tar_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context responses (B, C, d) with preferences (B, C) and validity (B, C); targets (B, T, d) →
+        per-target mean and std (B, T)."""
+        n_ctx, n_tar = ctx_x.shape[1], tar_x.shape[1]
+        x = (torch.cat([ctx_x, tar_x], dim=1) - self.shift) / self.scale
+        y = torch.cat([ctx_y, torch.zeros(tar_x.shape[:2])], dim=1)
+        h = self.embedder(torch.cat([x, y[..., None]], dim=-1))
+        padding = torch.cat([~ctx_mask, torch.zeros(tar_x.shape[:2], dtype=torch.bool)], dim=1)
+        out = self.predictor(self.encoder(h, mask=gpo_attention_mask(n_ctx, n_tar), src_key_padding_mask=padding))
+        mean, raw_std = out[:, n_ctx:, 0], out[:, n_ctx:, 1]
+        std = 0.05 + 0.95 * nn.functional.softplus(raw_std) if self.bound_std else torch.exp(raw_std)
+        return mean, std
+
+
+def context_of(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, C, d) chosen/rejected context pairs → responses (B, 2C, d), y (1 chosen, 0 rejected), mask."""
+    ones = torch.ones(a.shape[:2])
+    return torch.cat([a, b], dim=1), torch.cat([ones, 0 * ones], dim=1), torch.cat([mask, mask], dim=1)
 
 
 class GPO(PrefMethod):
     name = "gpo"
     Options = GPOOptions
 
+    def episode_loss(self, ep: Episodes) -> torch.Tensor:
+        ctx_x, ctx_y, ctx_mask = context_of(ep.ctx_a, ep.ctx_b, ep.ctx_mask)
+        n = ep.tar_a.shape[1]
+        mean, std = self.model(ctx_x, ctx_y, ctx_mask, torch.cat([ep.tar_a, ep.tar_b], dim=1))
+        ones = torch.ones_like(mean[:, :n])
+        return gaussian_nll(mean[:, :n], mean[:, n:], std[:, :n], std[:, n:], ones, 0 * ones, ep.tar_mask)
+
     def _fit(self, pairs: PairSet) -> None:
         self.model = GPOModel(self.dim, self.options)
-        self.model.standardize_from(torch.cat([tensor(pairs.a), tensor(pairs.b)]))
-
-        def episode_loss(ep: Episodes) -> torch.Tensor:
-            ctx, ctx_mask = context_tokens(ep.ctx_a, ep.ctx_b, ep.ctx_mask)
-            n_tar = ep.tar_a.shape[1]
-            scores = self.model(ctx, ctx_mask, torch.cat([tokens(ep.tar_a, 0.0), tokens(ep.tar_b, 0.0)], dim=1))
-            return nn.functional.softplus(-(scores[:, :n_tar] - scores[:, n_tar:]))[ep.tar_mask].mean()
-
-        self.losses = train_on_episodes(self, self.model, pairs, episode_loss)
-        self.contexts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.options.standardize:
+            self.model.standardize_from(torch.cat([tensor(pairs.a), tensor(pairs.b)]))
+        self.losses = train_on_episodes(self, self.model, pairs, self.episode_loss)
+        self.contexts: dict[int, tuple[torch.Tensor, ...]] = {}
         for u in range(self.n_users):
             self._add_user(u, pairs.for_user(u))
 
     def _add_user(self, uid: int, pairs: PairSet) -> None:
         ctx = fixed_context(pairs, self.options.eval_context, self.seed + uid)
-        self.contexts[uid] = context_tokens(tensor(ctx.a)[None], tensor(ctx.b)[None],
-                                            torch.ones(1, len(ctx), dtype=torch.bool))
+        self.contexts[uid] = context_of(tensor(ctx.a)[None], tensor(ctx.b)[None],
+                                        torch.ones(1, len(ctx), dtype=torch.bool))
 
-    def scores(self, uid: int, x: torch.Tensor) -> torch.Tensor:
-        """Scores of responses `x` (n, d) for user `uid`, in chunks (targets are independent by the mask)."""
-        ctx, mask = self.contexts[uid]
+    def means(self, uid: int, x: torch.Tensor) -> torch.Tensor:
+        """Pre-softmax means of responses `x` (n, d) for user `uid`, in chunks (targets are independent)."""
+        ctx_x, ctx_y, mask = self.contexts[uid]
         chunk = self.options.eval_chunk
-        parts = [self.model(ctx, mask, tokens(x[s : s + chunk], 0.0)[None])[0] for s in range(0, len(x), chunk)]
-        return torch.cat(parts)
+        return torch.cat([self.model(ctx_x, ctx_y, mask, x[s : s + chunk][None])[0][0]
+                          for s in range(0, len(x), chunk)])
 
     def _margins(self, pairs: PairSet) -> np.ndarray:
-        return margins_by_user(pairs, lambda u, a, b: self.scores(u, a) - self.scores(u, b))
+        return margins_by_user(pairs, lambda u, a, b: self.means(u, a) - self.means(u, b))
+

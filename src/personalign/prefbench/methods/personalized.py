@@ -42,18 +42,18 @@ class Personalized(PrefMethod):
     name = "personalized"
     Options = PersonalizedOptions
 
+    def loss(self, a: torch.Tensor, b: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """α·BT(user margins) + (1 − α)·BT(generic margins) + offset_l2·mean ‖p_u‖² of chosen-first rows."""
+        alpha, l2 = self.options.alpha, self.options.offset_l2
+        user_loss = bt_loss(self.model(a, users) - self.model(b, users))
+        generic_loss = bt_loss(self.model(a, None) - self.model(b, None))
+        return alpha * user_loss + (1 - alpha) * generic_loss + l2 * self.model.offsets[users].pow(2).sum(-1).mean()
+
     def _fit(self, pairs: PairSet) -> None:
         self.model = PRM(self.dim, self.train_cfg.hidden, self.n_users)
         a, b, users = tensor(pairs.a), tensor(pairs.b), tensor(pairs.users)
-        alpha, l2 = self.options.alpha, self.options.offset_l2
-
-        def loss(idx: torch.Tensor) -> torch.Tensor:
-            u = users[idx]
-            user_loss = bt_loss(self.model(a[idx], u) - self.model(b[idx], u))
-            generic_loss = bt_loss(self.model(a[idx], None) - self.model(b[idx], None))
-            return alpha * user_loss + (1 - alpha) * generic_loss + l2 * self.model.offsets[u].pow(2).sum(-1).mean()
-
-        self.losses = train_minibatch(list(self.model.parameters()), loss, len(pairs), self.train_cfg, self.seed)
+        self.losses = train_minibatch(list(self.model.parameters()), lambda idx: self.loss(a[idx], b[idx], users[idx]),
+                                      len(pairs), self.train_cfg, self.seed)
 
     def _margins(self, pairs: PairSet) -> np.ndarray:
         u = tensor(pairs.users)

@@ -1,19 +1,16 @@
-"""`rag`: retrieve the user's k most similar labeled pairs and let them vote (no training).
+"""`rag` (Dong et al. 2025's RAG baseline): retrieve the user's k = 3 labeled pairs whose prompts are most
+similar to the query's, and ask an LLM, with them in context, whether it prefers response A or B.
 
-Retrieval (`retrieval`): `pair` ranks the user's labeled pairs by cosine similarity of the comparisons'
-content (normalized e_a + e_b: same topic, same kind of answers) — the benchmark's "similar past
-examples"; `difference` ranks by |cos| of the preference directions (e_chosen − e_rejected).
-Vote (`backend=vote`): margin = Σ_j s_j · cos(e_a − e_b, e_chosen_j − e_rejected_j) / Σ_j s_j over the top
-k with similarity s_j > 0, i.e. each neighbour says "the side that resembles what I preferred wins",
-weighted by how similar it is. `backend=llm` instead puts the k neighbours as in-context examples before
-the query and compares a causal LM's log-probabilities of answering "A" and "B" (both orders, to cancel
-position bias); it needs the texts and a model (`llm_model`, a local folder or hub id).
+Retrieval is by cosine similarity of prompt embeddings (the bench's backbone) over the user's own labeled
+pairs (its training split, or a new user's k pairs). The LLM is the default model unless `llm_model` names
+another causal LM; with a 135M model this is honestly near chance, as in Dong et al. with small models.
+See `rag_llm` for the prompt. Scoring costs two LLM forward passes per pair, so the bench scores a capped
+sample of each user's test pairs (`slow`) and skips the tax and adaptation for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -24,11 +21,10 @@ from personalign.prefbench.methods.base import PairSet, PrefMethod
 
 
 class RAGOptions(Config):
-    k: int = Field(10, ge=1, description="neighbours retrieved per query")
-    retrieval: Literal["pair", "difference"] = "pair"
-    backend: Literal["vote", "llm"] = "vote"
-    llm_model: str | None = Field(None, description="causal LM for backend=llm (folder or hub id)")
-    llm_max_chars: int = Field(600, ge=50, description="characters kept of each text in the LLM prompt")
+    k: int = Field(3, ge=1, description="retrieved pairs per query (Dong et al.: 3)")
+    llm_model: str | None = Field(None, description="causal LM folder or hub id (None: the default model)")
+    max_prompt_chars: int = Field(200, ge=0, description="characters kept of each prompt (its end)")
+    max_response_chars: int = Field(300, ge=20, description="characters kept of each response")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -36,59 +32,67 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
+def split_texts(texts: Sequence[str], pairs: PairSet, row: int) -> tuple[str, str, str]:
+    """(prompt, response a, response b) of one row, recovered from the shared text table (a response's text
+    is `prompt + "\\n\\n" + response`, see features.pair_text)."""
+    assert pairs.a_idx is not None and pairs.b_idx is not None and pairs.prompt_idx is not None
+    prompt = texts[pairs.prompt_idx[row]]
+
+    def response(i: int) -> str:
+        text = texts[i]
+        at = text.find(prompt) if prompt else -1
+        return text[at + len(prompt) + 2 :] if at >= 0 else text
+
+    return prompt, response(pairs.a_idx[row]), response(pairs.b_idx[row])
+
+
 class RAG(PrefMethod):
     name = "rag"
     Options = RAGOptions
+    slow = True
 
     def _fit(self, pairs: PairSet) -> None:
-        if self.options.backend == "llm":
-            if pairs.texts is None or pairs.a_idx is None:
-                raise PersonalignError("rag(backend=llm) needs pair texts; build pairs with prefbench.features")
-            if not self.options.llm_model:
-                raise PersonalignError("rag(backend=llm) needs options.rag.llm_model (a causal LM folder or hub id)")
-            from personalign.prefbench.methods.rag_llm import LLMJudge
+        if pairs.texts is None or pairs.a_idx is None or pairs.prompt is None or pairs.prompt_idx is None:
+            raise PersonalignError("rag needs pair texts and prompt embeddings; build pairs with prefbench.features")
+        from personalign.prefbench.methods.rag_llm import LLMJudge
 
-            self.judge = LLMJudge(self.options.llm_model)
+        model = self.options.llm_model
+        if model is None:
+            from personalign.backends.default_model import ensure_default_model
+
+            model = str(ensure_default_model(progress=False))
+        self.judge = LLMJudge(model)
         self.memory: dict[int, PairSet] = {u: pairs.for_user(u) for u in range(self.n_users)}
 
     def _add_user(self, uid: int, pairs: PairSet) -> None:
         self.memory[uid] = pairs
 
-    def neighbours(self, uid: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k indices into the user's memory, their similarity s (≥ 0) and their vote cos(d, d_j)."""
+    def retrieve(self, uid: int, prompt: np.ndarray) -> np.ndarray:
+        """Indices of the k memory pairs of `uid` whose prompts are most similar to `prompt` (best first)."""
         mem = self.memory[uid]
-        d_query, d_mem = _unit(a - b), _unit(mem.a - mem.b)
-        votes = d_query @ d_mem.T
-        pair_sims = self.options.retrieval == "pair"
-        sims = _unit(a + b) @ _unit(mem.a + mem.b).T if pair_sims else np.abs(votes)
-        k = min(self.options.k, len(mem))
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        rows = np.arange(len(a))[:, None]
-        return top, np.clip(sims[rows, top], 0.0, None), votes[rows, top]
+        assert mem.prompt is not None
+        sims = _unit(mem.prompt) @ _unit(prompt)
+        return np.argsort(-sims, kind="stable")[: self.options.k]
+
+    def _cut(self, prompt: str, a: str, b: str) -> tuple[str, str, str]:
+        n, r = self.options.max_prompt_chars, self.options.max_response_chars
+        return (prompt[-n:] if n else ""), a[:r], b[:r]
 
     def _margins(self, pairs: PairSet) -> np.ndarray:
+        if pairs.texts is None or pairs.prompt is None or pairs.prompt_idx is None:
+            raise PersonalignError("rag needs the query pairs' texts and prompt embeddings")
         out = np.zeros(len(pairs), dtype=np.float32)
-        for u in np.unique(pairs.users):
-            rows = np.flatnonzero(pairs.users == u)
-            for start in range(0, len(rows), 1024):  # bounded memory: (chunk × memory) similarity matrices
-                chunk = rows[start : start + 1024]
-                top, sims, votes = self.neighbours(int(u), pairs.a[chunk], pairs.b[chunk])
-                if self.options.backend == "llm":
-                    out[chunk] = self._llm_margins(int(u), pairs.subset(chunk), top)
-                    continue
-                weight = sims.sum(axis=1)
-                out[chunk] = np.where(weight > 0, (sims * votes).sum(axis=1) / np.where(weight > 0, weight, 1), 0.0)
+        for i in range(len(pairs)):
+            uid = int(pairs.users[i])
+            mem = self.memory[uid]
+            assert mem.texts is not None
+            shots = []
+            for j in self.retrieve(uid, pairs.prompt[i])[::-1]:  # nearest last, next to the query
+                p, good, bad = self._cut(*split_texts(mem.texts, mem, int(j)))
+                # The preferred answer's side: seeded by the shot and the query's texts (not their order), so
+                # both orders of the query read the same shots.
+                key = (self.seed, int(j), *sorted((int(pairs.a_idx[i]), int(pairs.b_idx[i]))))
+                shots.append((p, good, bad, bool(np.random.default_rng(key).random() < 0.5)))
+            prompt, a, b = self._cut(*split_texts(pairs.texts, pairs, i))
+            out[i] = self.judge.margin(shots, prompt, a, b)
         return out
-
-    def _llm_margins(self, uid: int, query: PairSet, top: np.ndarray) -> np.ndarray:
-        mem = self.memory[uid]
-        texts: Sequence[str] = query.texts or ()
-        if mem.texts is None or mem.a_idx is None or mem.b_idx is None or query.a_idx is None or query.b_idx is None:
-            raise PersonalignError("rag(backend=llm) needs pair texts for the user's memory and the queries")
-        cut = self.options.llm_max_chars
-        margins = np.zeros(len(query), dtype=np.float32)
-        for i in range(len(query)):
-            shots = [(mem.texts[mem.a_idx[j]][:cut], mem.texts[mem.b_idx[j]][:cut]) for j in top[i]]
-            a, b = texts[query.a_idx[i]][:cut], texts[query.b_idx[i]][:cut]
-            margins[i] = self.judge.margin(shots, a, b)
-        return margins

@@ -1,8 +1,11 @@
-"""In-context RAG backend: a causal LM reads the user's retrieved comparisons and picks A or B.
+"""The LLM of `rag`: Dong et al.'s in-context prompt, scored as log P("A") − log P("B") of the answer.
 
-Few-shot examples alternate which side the preferred answer is shown on, so the LM cannot learn "always A";
-the query is asked in both orders and the margin is the difference of the two log-odds, which cancels a
-constant position bias. Slow on CPU (two forward passes per query): meant for small evaluation caps.
+Prompt as in Dong et al.'s `baselines/rag.py`: each retrieved pair is `{prompt}\\n\\nResponse A: …\\n
+Response B: …\\n\\nWhich response do you prefer?\\n\\nResponse {A|B}\\n===\\n` (the preferred answer on a
+random side), then the query, sent as one user message through the model's chat template. Dong et al.
+generate and look for the letter; here the assistant turn is started with "Response" and the next-token
+log-probabilities of " A" and " B" are compared (deterministic, no parsing), in both orders of the query,
+so a constant position bias cancels and swapping the responses flips the margin's sign exactly.
 """
 
 from __future__ import annotations
@@ -13,21 +16,21 @@ import torch
 
 from personalign.errors import PersonalignError
 
-HEADER = "Below are answers one reader compared. Learn the reader's taste, then pick the answer they prefer.\n\n"
+QUESTION = "Which response do you prefer?"
 
 
-def build_prompt(shots: Sequence[tuple[str, str]], a: str, b: str) -> str:
-    """Prompt ending in 'Preferred:'; shots are (preferred, other) text pairs."""
-    parts = [HEADER]
-    for n, (good, bad) in enumerate(shots, start=1):
-        first, second, answer = (good, bad, "A") if n % 2 else (bad, good, "B")
-        parts.append(f"Example {n}\nAnswer A: {first}\nAnswer B: {second}\nPreferred: {answer}\n\n")
-    parts.append(f"Question\nAnswer A: {a}\nAnswer B: {b}\nPreferred:")
-    return "".join(parts)
+def shot_text(prompt: str, preferred: str, other: str, preferred_first: bool) -> str:
+    a, b, answer = (preferred, other, "A") if preferred_first else (other, preferred, "B")
+    return f"{prompt}\n\nResponse A: {a}\nResponse B: {b}\n\n{QUESTION}\n\nResponse {answer}\n===\n"
+
+
+def build_prompt(shots: Sequence[tuple[str, str, str, bool]], prompt: str, a: str, b: str) -> str:
+    """The user message: shots are (prompt, preferred, other, preferred shown first)."""
+    return "".join(shot_text(*s) for s in shots) + f"{prompt}\n\nResponse A: {a}\nResponse B: {b}\n{QUESTION}\n"
 
 
 class LLMJudge:
-    """Log-odds of ' A' vs ' B' as the next token of `build_prompt`, from a local or hub causal LM."""
+    """Log-odds of ' A' vs ' B' after the assistant starts its answer with 'Response'."""
 
     def __init__(self, model: str, max_tokens: int = 2048):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -37,21 +40,29 @@ class LLMJudge:
             self.model = AutoModelForCausalLM.from_pretrained(model)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PersonalignError(f"rag(backend=llm): cannot load {model!r} ({first}); give a local folder") from None
+            raise PersonalignError(f"rag: cannot load the LLM {model!r} ({first}); give a local folder") from None
         self.model.eval()
         self.max_tokens = max_tokens
         ids_a = self.tokenizer.encode(" A", add_special_tokens=False)
         ids_b = self.tokenizer.encode(" B", add_special_tokens=False)
         self.id_a, self.id_b = ids_a[-1], ids_b[-1]
         if self.id_a == self.id_b:
-            raise PersonalignError(f"rag(backend=llm): the tokenizer of {model!r} cannot tell ' A' from ' B'")
+            raise PersonalignError(f"rag: the tokenizer of {model!r} cannot tell ' A' from ' B'")
 
-    def log_odds(self, prompt: str) -> float:
-        ids = self.tokenizer.encode(prompt, add_special_tokens=True)[-self.max_tokens :]
+    def render(self, message: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                                      add_generation_prompt=True) + "Response"
+        return message + "\nResponse"
+
+    def log_odds(self, message: str) -> float:
+        # Keep the end: the query and the nearest shots sit last.
+        ids = self.tokenizer.encode(self.render(message), add_special_tokens=False)[-self.max_tokens :]
         with torch.no_grad():
             logits = self.model(torch.tensor([ids])).logits[0, -1]
         logp = torch.log_softmax(logits.float(), dim=-1)
         return float(logp[self.id_a] - logp[self.id_b])
 
-    def margin(self, shots: Sequence[tuple[str, str]], a: str, b: str) -> float:
-        return 0.5 * (self.log_odds(build_prompt(shots, a, b)) - self.log_odds(build_prompt(shots, b, a)))
+    def margin(self, shots: Sequence[tuple[str, str, str, bool]], prompt: str, a: str, b: str) -> float:
+        forward, backward = build_prompt(shots, prompt, a, b), build_prompt(shots, prompt, b, a)
+        return 0.5 * (self.log_odds(forward) - self.log_odds(backward))
