@@ -56,8 +56,8 @@ def test_greedy_batch_matches_one_at_a_time(tiny_backend):
 
 
 def test_batch_size_defaults_by_device_and_config_wins(tiny_backend):
-    assert (default_batch_size(torch.device("cpu")), default_batch_size(torch.device("cuda"))) == (8, 64)
-    assert tiny_backend.batch_size == 8
+    assert (default_batch_size(torch.device("cpu")), default_batch_size(torch.device("cuda"))) == (32, 64)
+    assert tiny_backend.batch_size == 32
     explicit = HFBackend(ModelConfig(device="cpu", batch_size=1), model=tiny_backend.model,
                          tokenizer=tiny_backend.tokenizer)
     convs = [CONV, [{"role": "user", "content": "A much longer request about a meeting next week, please."}]]

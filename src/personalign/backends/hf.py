@@ -45,8 +45,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def default_batch_size(device: torch.device) -> int:
     """Generation batch when the config leaves it open. On a GPU a small model costs about the same time per
-    decoding step whatever the batch (launch-bound; BENCHMARKS.md, sampling), so batches are large there."""
-    return 64 if device.type == "cuda" else 8
+    decoding step whatever the batch (launch-bound), so batches are large there. On CPU, sampling at batch 32
+    gave 1.8-2.1x the tokens/s of batch 8 and batch 64 little more (BENCHMARKS.md, sampling: batch sweep),
+    while its padding and memory grow with the batch; DITTO, synthetic data and RL sampling all use it."""
+    return 64 if device.type == "cuda" else 32
 
 
 class GeneratedTokensRepetitionPenalty:

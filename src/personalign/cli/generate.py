@@ -160,8 +160,9 @@ def demo(
     finish_demo(run_path)
 
 
-# Methods the demo runs when present (rlaif is left to its own command: it needs a trained reward).
-DEMO_METHODS = ("base", "prompt", "prompt-rag", "sft", "ditto")
+# Methods the demo runs when present (rlaif is left to its own command: it needs a trained reward). The +prompt
+# variants show a trained adapter with the profile's prompt: on a 135M model prompting carries most of the style.
+DEMO_METHODS = ("base", "prompt", "prompt-rag", "sft", "sft+prompt", "ditto", "ditto+prompt")
 
 
 def finish_demo(run_path: Path) -> None:

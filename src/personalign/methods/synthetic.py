@@ -131,7 +131,7 @@ SITUATIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 ROLES: tuple[str, ...] = (
     "professor", "academic advisor", "teaching assistant", "classmate", "lab manager", "recruiter",
     "former manager", "mentor", "teammate", "club president", "neighbor", "landlord", "friend",
-    "colleague", "program coordinator", "alumna", "career counselor", "project partner",
+    "colleague", "program coordinator", "graduate student", "career counselor", "project partner",
 )
 FIRST_NAMES: tuple[str, ...] = (
     "Nina", "Marcus", "Leah", "Tariq", "Sofia", "Daniel", "Mei", "Jonas", "Carmen", "Felix", "Hana", "Victor",
@@ -209,7 +209,10 @@ def build_prompts(profile: Profile, n: int, seed: int) -> list[PromptSpec]:
         purpose, opening, details = by_purpose[rng.choice(purposes)]
         role = rng.choice(roles)
         name = f"{rng.choice(first_names)} {rng.choice(last_names)}"
-        who = f"{name}, my {role}," if rng.random() < 0.5 else f"my {role}, {name},"
+        if role in ROLES:
+            who = f"{name}, my {role}," if rng.random() < 0.5 else f"my {role}, {name},"
+        else:  # a role read from a demonstration ('a data scientist') keeps its article, not 'my'
+            who = f"{name}, {'an' if role[0] in 'aeiou' else 'a'} {role},"
         length = rng.choice(LENGTH_CLASSES)
         chosen = tuple(rng.sample(details, DETAILS_PER_LENGTH[length]))
         head = opening.format(who=who)
