@@ -13,6 +13,7 @@ from personalign.judges.reward_model import (
     RewardModelConfig,
     RMJudge,
     bradley_terry_loss,
+    heldout_loss,
     pairwise_accuracy,
     train_reward_model,
 )
@@ -65,6 +66,19 @@ def _heldout_loss(rm: RewardModel, pairs: list[LabeledPair]) -> float:
     return float(bradley_terry_loss(c, r))
 
 
+def test_encoder_input_cuts_the_prompt_before_the_response():
+    rm = _tiny_bert_rm()  # max_length 64
+    prompt = " ".join(f"word{i}" for i in range(120))
+    response = "thanks for the report i will send the slides on friday morning"
+    ids = rm.encode(prompt, response)
+    response_ids = rm.tokenizer(response, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 64
+    assert ids[-len(response_ids) - 1 : -1] == response_ids  # [CLS] prompt… [SEP] response [SEP]: response whole
+    assert rm.tokenizer.decode(ids[1:4]).startswith("word0")  # the prompt keeps its beginning
+    long_response = " ".join(f"reply{i}" for i in range(100))
+    assert len(rm.encode("short prompt", long_response)) == 64  # only then is the response cut too
+
+
 def test_tiny_encoder_rm_learns_and_resumes(tmp_path):
     train, heldout = _toy_pairs(48), _toy_pairs(8, seed=1)
     rm = _tiny_bert_rm()
@@ -77,6 +91,10 @@ def test_tiny_encoder_rm_learns_and_resumes(tmp_path):
     # held-out accuracy was logged every 6 steps, and the final BT loss is below the untrained one
     assert [r["step"] for r in run.metrics if "eval_accuracy" in r] == [6, 12]
     assert _heldout_loss(rm, heldout) < loss_before
+    # training reports the BT objective on the held-out pairs, before and after
+    assert summary["heldout_loss_before"] == pytest.approx(loss_before, abs=1e-5)
+    assert summary["heldout_loss"] == pytest.approx(heldout_loss(rm, heldout), abs=1e-6)
+    assert summary["heldout_loss"] < loss_before
     assert summary["heldout_accuracy"] == 1.0
     # resume: a longer run continues from checkpoint-12 instead of starting over
     longer = config.model_copy(update={"max_steps": 18})

@@ -162,3 +162,15 @@ def test_first_step_runs_at_the_reference_and_cut_samples_get_no_end_of_turn(tin
                                                    tiny_backend.device)[0])
             assert extra["sample_ref"]["0"][p][j] == pytest.approx(expected, abs=1e-4)
             assert abs(with_end - expected) > 1e-3  # an end-of-turn would have changed what is stored
+
+
+def test_paper_preset_is_a_valid_config_with_the_paper_settings():
+    import yaml
+
+    from conftest import REPO
+
+    preset = yaml.safe_load((REPO / "configs" / "methods" / "smollm2-135m_ditto-paper_gpu.yaml").read_text())
+    cfg = DittoConfig.model_validate(preset["method_config"])  # unknown or invalid fields fail here
+    assert (cfg.lr, cfg.lora.r, cfg.lora.alpha, cfg.samples_per_prompt, cfg.sample_max_new_tokens) == (
+        1e-6, 32, 64, 10, 1024)
+    assert (cfg.sft_stop_loss, cfg.lr_schedule, cfg.warmup_ratio) == (1.0, "cosine", 0.2)

@@ -137,3 +137,19 @@ def test_full_fine_tuning_saves_a_whole_model_that_loads(chat_tokenizer, tmp_pat
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=6)
     assert load_personalizer(tmp_path / "run").generate(["Greet Gus."], greedy) == method.generate(["Greet Gus."],
                                                                                                      greedy)
+
+
+def test_stop_below_loss_ends_training_at_the_first_step_under_it(tiny_backend):
+    from personalign.engines.base import LoraSettings
+    from personalign.engines.local import LocalEngine
+    from personalign.methods.sft import SFTConfig, run_sft
+
+    engine = LocalEngine(tiny_backend, LoraSettings(r=4, dropout=0.0))
+    conv = [{"role": "user", "content": "Greet Al."}]
+    pairs = [tiny_backend.prompt_completion_ids(conv, "Hi Al." + SIGNATURE)] * 4
+    first = run_sft(engine, pairs, SFTConfig(max_steps=6, batch_size=2, val_fraction=0.0, lr=1e-3,
+                                             stop_below_loss=1e6), None, progress=False)
+    assert first["steps"] == 1  # a random model's loss (~ln 49k ≈ 10.8) is below 1e6 at once
+    rest = run_sft(engine, pairs, SFTConfig(max_steps=3, batch_size=2, val_fraction=0.0, lr=1e-3,
+                                            stop_below_loss=0.01), None, progress=False)
+    assert rest["steps"] == 3  # never below 0.01 in 3 steps: max_steps caps it

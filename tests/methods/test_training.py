@@ -93,3 +93,14 @@ def test_checkpoint_restores_weights_optimizer_and_step(tiny_backend, tmp_path):
     assert all(torch.equal(engine.model.state_dict()[k], v) for k, v in saved.items())
     assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(exp_avg, engine.optimizer.state.values(), strict=True))
     assert fresh.lr_at(fresh.step) == pytest.approx(0.1)  # warmup step 3 of 3
+
+
+def test_cosine_schedule_with_warmup_ratio_by_hand(tiny_backend):
+    engine = LocalEngine(tiny_backend, LoraSettings(r=2))
+    config = TrainConfig(lr=1.0, warmup_ratio=0.2, lr_schedule="cosine")
+    session = TrainingSession(engine, config, None, total_steps=10)
+    assert session.warmup == 2
+    lrs = [session.lr_at(s) for s in range(10)]
+    # warm-up 1/2, 2/2; then cosine over the 8 remaining steps: 0.5·(1 + cos(π·k/8)), k = 0..7
+    assert lrs == pytest.approx([0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)])
+    assert TrainingSession(engine, TrainConfig(lr=1.0), None).lr_at(7) == 1.0  # the default stays constant

@@ -55,7 +55,7 @@ def bradley_terry_loss(
 ) -> torch.Tensor:
     """-log σ(r_chosen − r_rejected − margin), averaged: the loss TRL's RewardTrainer minimizes.
 
-    Kept here for held-out evaluation and as the tested statement of the objective.
+    Training reports it on the held-out pairs before and after (`heldout_loss_before`, `heldout_loss`).
     """
     diff = chosen - rejected - (margin if margin is not None else 0.0)
     return -torch.nn.functional.logsigmoid(diff).mean()
@@ -138,9 +138,15 @@ class RewardModel:
     # ---- encoding: the one place (prompt, response) become RM input ids --------------------------
     def encode(self, prompt: str, response: str) -> list[int]:
         if self.kind == "encoder":
-            # Cross-encoder pair input; the prompt is cut first so the response (what is judged) survives.
-            ids = self.tokenizer(prompt, response, truncation="longest_first", max_length=self.max_length)
-            return list(ids["input_ids"])
+            # Cross-encoder pair input; the prompt is cut first (its tail) so the response, what is judged,
+            # survives whole; only a response longer than the budget on its own is cut too. Written out because
+            # the tokenizer's `only_first` fails rather than cut the response when that is needed.
+            tok = self.tokenizer
+            head, middle, tail = self._pair_template()
+            budget = self.max_length - len(head) - len(middle) - len(tail)
+            response_ids = tok(response, add_special_tokens=False)["input_ids"][: max(1, budget - 1)]
+            prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"][: max(0, budget - len(response_ids))]
+            return [*head, *prompt_ids, *middle, *response_ids, *tail]
         chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         if getattr(self.tokenizer, "chat_template", None):
             ids = list(self.tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"])
@@ -148,6 +154,15 @@ class RewardModel:
             ids = self.tokenizer(f"{prompt}\n\n{response}")["input_ids"] + [self.tokenizer.eos_token_id]
         # The scalar head reads the last token: keep the end of long inputs.
         return ids[-self.max_length :]
+
+    def _pair_template(self) -> tuple[list[int], list[int], list[int]]:
+        """The special tokens the tokenizer puts before, between and after a pair (e.g. [CLS] · [SEP] · [SEP])."""
+        tok = self.tokenizer
+        a, b = (tok(t, add_special_tokens=False)["input_ids"] for t in ("a", "b"))
+        ids = list(tok("a", "b")["input_ids"])
+        i = ids.index(a[0])
+        j = ids.index(b[0], i + len(a))
+        return ids[:i], ids[i + len(a) : j], ids[j + len(b) :]
 
     # ---- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -190,6 +205,20 @@ def split_pairs(pairs: Sequence[LabeledPair], heldout_fraction: float, seed: int
     random.Random(seed).shuffle(usable)
     n_held = math.ceil(len(usable) * heldout_fraction) if heldout_fraction > 0 and len(usable) > 1 else 0
     return usable[n_held:], usable[:n_held]
+
+
+def heldout_loss(rm: RewardModel, pairs: Sequence[LabeledPair]) -> float:
+    """The Bradley-Terry loss (with each pair's margin, as in training) of `rm` on labeled non-tie pairs."""
+    usable = [(p, p.chosen_rejected()) for p in pairs if p.label != "tie"]
+    usable = [(p, cr) for p, cr in usable if cr is not None]
+    if not usable:
+        return float("nan")
+    prompts = [p.prompt for p, _ in usable]
+    chosen = torch.tensor(rm.score(prompts, [cr[0] for _, cr in usable]))
+    rejected = torch.tensor(rm.score(prompts, [cr[1] for _, cr in usable]))
+    with_margin = any(p.margin is not None for p, _ in usable)
+    margin = torch.tensor([float(p.margin or 0.0) for p, _ in usable]) if with_margin else None
+    return float(bradley_terry_loss(chosen, rejected, margin))
 
 
 def pairwise_accuracy(rm: RewardModel, pairs: Sequence[LabeledPair]) -> float:
@@ -248,6 +277,7 @@ def train_reward_model(
         raise PersonalignError(f"only {len(train)} non-tie training pairs; a reward model needs at least 2")
     rm = rm or RewardModel.fresh(config)
     before = pairwise_accuracy(rm, heldout) if heldout else float("nan")
+    loss_before = heldout_loss(rm, heldout) if heldout else float("nan")
     checkpoints = run_dir.path / "checkpoints"
     args = RewardConfig(
         output_dir=str(checkpoints), per_device_train_batch_size=config.batch_size,
@@ -282,13 +312,15 @@ def train_reward_model(
     output = trainer.train(resume_from_checkpoint=last)
     rm.model = trainer.model
     after = pairwise_accuracy(rm, heldout) if heldout else float("nan")
+    loss_after = heldout_loss(rm, heldout) if heldout else float("nan")
     weights = run_dir.path / MODEL_DIR
     trainer.save_model(str(weights))
     rm.tokenizer.save_pretrained(str(weights))
     summary = {
         "backbone": config.backbone, "kind": rm.kind, "lora": config.lora, "max_length": config.max_length,
         "train_pairs": len(train), "heldout_pairs": len(heldout), "heldout_accuracy_before": before,
-        "heldout_accuracy": after, "steps": output.global_step, "train_seconds": output.metrics.get("train_runtime"),
+        "heldout_accuracy": after, "heldout_loss_before": loss_before, "heldout_loss": loss_after,
+        "steps": output.global_step, "train_seconds": output.metrics.get("train_runtime"),
         "resumed_from": last,
     }
     run_dir.write_json(RM_FILE, summary)

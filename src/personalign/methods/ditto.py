@@ -70,6 +70,8 @@ class Comparison:
 class DittoConfig(MethodConfig, TrainConfig):
     sft_steps: int = Field(30, ge=0, description="warm-start SFT steps on the demonstrations (gives π_ref)")
     sft_lr: float = Field(2e-4, gt=0)
+    sft_stop_loss: float | None = Field(None, gt=0, description="end the warm start once the train loss is below "
+                                        "this (the paper: 1.0); sft_steps stays the cap")
     iterations: int = Field(4, ge=1, description="sample → compare → train rounds")
     steps_per_iteration: int = Field(10, ge=1, description="DPO optimizer steps between resamplings (K)")
     samples_per_prompt: int = Field(4, ge=1, description="n completions sampled per demonstration prompt")
@@ -180,7 +182,8 @@ class DittoMethod(Personalizer):
         ref_dir = (sft_root if sft_root is not None else Path(scratch.name)) / REFERENCE_DIR  # type: ignore[union-attr]
         if not (cfg.resume and (ref_dir / "weights.pt").is_file()):
             shared = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
-            shared.update(max_steps=cfg.sft_steps, lr=cfg.sft_lr, val_fraction=0.0, synthetic={"n_keep": 0})
+            shared.update(max_steps=cfg.sft_steps, lr=cfg.sft_lr, val_fraction=0.0, synthetic={"n_keep": 0},
+                          stop_below_loss=cfg.sft_stop_loss, lr_schedule="constant", warmup_ratio=None)
             if sft_root is not None:
                 sft_root.mkdir(exist_ok=True)
             stats = run_sft(engine, demo_pairs, SFTConfig(**shared), sft_root, log, phase="ditto_sft")
@@ -195,7 +198,8 @@ class DittoMethod(Personalizer):
         demo_ref = sequence_sums(ref, demo_pairs)
 
         # 2. iterations of sample → compare → DPO.
-        session = TrainingSession(engine, cfg, run_dir.path if run_dir is not None else None)
+        session = TrainingSession(engine, cfg, run_dir.path if run_dir is not None else None,
+                                  total_steps=cfg.iterations * cfg.steps_per_iteration)
         extra = (session.restore() if cfg.resume else None) or {}
         history: dict[int, list[list[str]]] = {int(k): v for k, v in extra.get("history", {}).items()}
         # Checkpoints written before truncation was tracked: every sample counted as ended.

@@ -53,6 +53,8 @@ class SFTConfig(MethodConfig, TrainConfig):
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share held out for early stopping; 0 = off")
     eval_every: int = Field(5, ge=1, description="steps between held-out evaluations")
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    stop_below_loss: float | None = Field(None, gt=0, description="stop once a step's train loss is below this "
+                                          "(DITTO's warm start: 1.0); max_steps stays the cap")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     synthetic_data: str | None = Field(None, description="reuse this synthetic JSONL instead of generating")
 
@@ -108,6 +110,9 @@ def run_sft(
             batch = [train[i] for i in batch_indices(len(train), config.batch_size, session.step, config.seed)]
             loss = session.update(datums(batch), CrossEntropy()).loss
             record: dict[str, Any] = {"phase": phase, "loss": loss, "lr": session.lr_at(session.step)}
+            if config.stop_below_loss is not None and loss < config.stop_below_loss:
+                stopped = True
+                record["stopped_below_loss"] = True
             if val and session.step % config.eval_every == 0:
                 val_loss = mean_loss(engine, val, config.batch_size)
                 record["val_loss"] = val_loss

@@ -45,7 +45,11 @@ class TrainConfig(Config):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from lr/warmup_steps to lr")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="warm-up as a share of the run's steps; "
+                                       "overrides warmup_steps")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant, or cosine decay to 0 at the last step")
     grad_clip: float = Field(1.0, gt=0)
     batch_size: int = Field(4, ge=1)
     max_steps: int = Field(40, ge=0)
@@ -124,19 +128,30 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[i
 class TrainingSession:
     """Steps an engine with AdamW + linear warmup, and checkpoints that resume bit-for-bit.
 
-    The learning rate of step s is lr · min(1, (s + 1) / warmup_steps), computed here and sent with each
-    optim_step (Tinker's shape: the client owns the schedule). A checkpoint folder `checkpoints/step-NNNNNN/`
+    The learning rate of step s (`lr_at`) is computed here and sent with each optim_step (Tinker's shape:
+    the client owns the schedule). A checkpoint folder `checkpoints/step-NNNNNN/`
     holds the engine's state and a JSON `extra` dict the method owns (losses, iteration, ...).
     """
 
-    def __init__(self, engine: TrainingEngine, config: TrainConfig, root: Path | None):
+    def __init__(self, engine: TrainingEngine, config: TrainConfig, root: Path | None,
+                 total_steps: int | None = None):
         self.engine = engine
         self.config = config
         self.root = Path(root) / CHECKPOINT_DIR if root is not None else None
+        self.total_steps = total_steps if total_steps is not None else config.max_steps
         self.step = 0
 
+    @property
+    def warmup(self) -> int:
+        ratio = self.config.warmup_ratio
+        return math.ceil(ratio * self.total_steps) if ratio is not None else self.config.warmup_steps
+
     def lr_at(self, step: int) -> float:
-        warmup = self.config.warmup_steps
+        """Learning rate of 0-based step `step`: linear warm-up, then constant or cosine decay."""
+        warmup = self.warmup
+        if self.config.lr_schedule == "cosine" and step >= warmup:
+            progress = (step - warmup) / max(1, self.total_steps - warmup)
+            return self.config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return self.config.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
     def update(self, data: Sequence[Datum], loss: Loss) -> ForwardBackwardOutput:
