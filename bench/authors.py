@@ -92,7 +92,7 @@ def main() -> None:
         from personalign.evaluation.authors_benchmark import AuthorsBenchConfig, run_authors_benchmark
 
         start = time.perf_counter()
-        cfg = AuthorsBenchConfig(dataset=args.dataset, quick=True, out="runs",
+        cfg = AuthorsBenchConfig(dataset=args.dataset, quick=True,
                                  methods=args.methods.split(",") if args.methods else None)
         run, _ = run_authors_benchmark(cfg, echo=print)
         out = collect(run.path, round(time.perf_counter() - start, 1))

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,10 +125,12 @@ def main() -> None:
         return
     cache = work / "cache_bench"
     extra = ["--quick"] if args.quick else []
-    for phase, flags in (("cold", ["--no-resume"]), ("warm", ["--no-resume"]), ("resumed", ["--resume"])):
+    for phase, flags in (("cold", []), ("warm", []), ("resumed", ["--resume"])):
         total = 0.0
         for d in datasets:
             out = work / "runs" / d
+            if phase != "resumed":
+                shutil.rmtree(out, ignore_errors=True)  # a fresh run: `bench` writes only into a new folder
             timing = run_cli(["bench", "--dataset", d, "--methods", "all", "--out", str(out), *flags, *extra], cache)
             total += timing["wall_s"]
             entry = report["runs"].setdefault(d, {})

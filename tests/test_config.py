@@ -37,3 +37,53 @@ def test_unknown_and_invalid_keys_are_reported(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(PersonalignError, match="expected a mapping"):
         resolve_config(CompareConfig, path, {})
+
+
+def test_a_config_file_accepts_the_flag_names(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_new_tokens: 12\nmax-new-tokens: 13\ntemperature: 0\n")
+    cfg = resolve_config(CompareConfig, path, {})
+    assert cfg.sampling.max_new_tokens == 13 and cfg.sampling.temperature == 0.0  # later key wins, as in YAML
+    path.write_text("max_new_tokens: 12\nsampling: {seed: 4}\n")
+    cfg = resolve_config(CompareConfig, path, {})
+    assert (cfg.sampling.max_new_tokens, cfg.sampling.seed) == (12, 4)
+
+
+def test_unknown_keys_suggest_the_closest_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_new_tokenz: 12\nsampling: {temprature: 1}\n")
+    with pytest.raises(PersonalignError) as info:
+        resolve_config(CompareConfig, path, {})
+    assert "max_new_tokenz: unknown key (did you mean `max_new_tokens`?)" in str(info.value)
+    assert "sampling.temprature: unknown key (did you mean `sampling.temperature`?)" in str(info.value)
+
+
+def test_errors_name_the_flag_not_the_dotted_field():
+    with pytest.raises(PersonalignError) as info:
+        resolve_config(CompareConfig, None, {"sampling.max_new_tokens": 0})
+    message = str(info.value)
+    assert message.startswith("command-line flags: --max-new-tokens: ") and "sampling.max_new_tokens" not in message
+    with pytest.raises(PersonalignError, match="--lr: "):
+        resolve_config(CompareConfig, None, {"sampling.top_p": 0}, flags={"sampling.top_p": "--lr"})
+
+
+def test_yaml_syntax_errors_give_line_and_column(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("methods: [base\nn_prompts: 2\n")
+    with pytest.raises(PersonalignError, match=r"c\.yaml:\d+:\d+: invalid YAML"):
+        resolve_config(CompareConfig, path, {})
+
+
+def test_unknown_device_is_a_config_error():
+    with pytest.raises(PersonalignError, match="unknown device 'gpu'; use auto, cpu, cuda"):
+        resolve_config(CompareConfig, None, {"model.device": "gpu"})
+    assert ModelConfig(device="cuda:1").device == "cuda:1"
+    assert "Value error" not in _message(lambda: resolve_config(CompareConfig, None, {"model.device": "gpu"}))
+
+
+def _message(call) -> str:
+    try:
+        call()
+    except PersonalignError as exc:
+        return str(exc)
+    raise AssertionError("no error")

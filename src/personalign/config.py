@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from personalign.errors import PersonalignError
 from personalign.io import atomic_write_yaml, read_yaml
@@ -38,6 +39,9 @@ class OpenAISettings(Config):
     concurrency: int = Field(8, ge=1, description="requests in flight at once (a batch is sent concurrently)")
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 class ModelConfig(Config):
     """Which generator to load and how."""
 
@@ -53,6 +57,13 @@ class ModelConfig(Config):
     batch_size: int | None = Field(
         None, ge=1, description="sequences per generation batch; None = 8 on CPU, 64 on a GPU (launch-bound there)"
     )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+        return value
 
 
 class SamplingConfig(Config):
@@ -88,41 +99,149 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: where, what is wrong, and the valid form."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{where}: unknown key; remove it or check its spelling")
-        elif err["type"] == "missing":
-            parts.append(f"{where}: required field missing; add it")
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class a field holds (also inside `X | None`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def field_paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every settable dotted field of `cls`, nested configs included: 'sampling.max_new_tokens', ..."""
+    paths = []
+    for name, info in cls.model_fields.items():
+        sub = _submodel(info.annotation)
+        paths.append(prefix + name)
+        if sub is not None:
+            paths += field_paths(sub, f"{prefix}{name}.")
+    return paths
+
+
+MISSING = object()
+
+
+def field_default(cls: type[BaseModel], dotted: str) -> Any:
+    """The default of a dotted field (MISSING when the field is required or unknown)."""
+    head, _, rest = dotted.partition(".")
+    info = cls.model_fields.get(head)
+    if info is None or info.is_required():
+        return MISSING
+    value = info.get_default(call_default_factory=True)
+    for key in rest.split(".") if rest else []:
+        if isinstance(value, BaseModel):
+            value = getattr(value, key, MISSING)
+        elif isinstance(value, dict):
+            value = value.get(key, MISSING)
         else:
-            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+            return MISSING
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def flag_name(dotted: str, flags: dict[str, str] | None = None) -> str:
+    """How the user names a field on the command line: the command's flag, else '--last-part'."""
+    if flags and dotted in flags:
+        return flags[dotted]
+    return "--" + dotted.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def aliases(cls: type[BaseModel], flags: dict[str, str] | None = None) -> dict[str, str]:
+    """Top-level names a config file may use for nested fields: each flag name (`max_new_tokens:` for
+    `sampling.max_new_tokens`), so a file accepts the same names as the command line."""
+    top = set(cls.model_fields)
+    out: dict[str, str] = {}
+    leaves: dict[str, list[str]] = {}
+    for path in field_paths(cls):
+        if "." in path:
+            leaves.setdefault(path.rsplit(".", 1)[-1], []).append(path)
+    for leaf, paths in leaves.items():
+        if leaf not in top and len(paths) == 1:
+            out[leaf] = paths[0]
+    for dotted, flag in (flags or {}).items():
+        name = flag.lstrip("-").replace("-", "_")
+        if name not in top and "." in dotted:
+            out[name] = dotted
+    return out
+
+
+def suggest(word: str, choices: Any) -> str:
+    """' (did you mean `x`?)' for the closest valid name, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _clean_msg(msg: str) -> str:
+    # pydantic prefixes custom validator messages with "Value error, " / "Assertion failed, ".
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+def format_validation_error(
+    exc: ValidationError, source: str, flags: dict[str, str] | None = None, cls: type[BaseModel] | None = None,
+) -> str:
+    """One line per problem: where (as the flag the user typed, when a flag set it), what is wrong, the fix."""
+    parts = []
+    valid = [*field_paths(cls), *aliases(cls)] if cls is not None else []
+    for err in exc.errors():
+        dotted = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = flags.get(dotted, dotted) if flags else dotted
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown key{suggest(dotted, valid)}; remove it or check its spelling")
+        elif err["type"] == "missing":
+            parts.append(f"{where}: required; set it")
+        else:
+            parts.append(f"{where}: {_clean_msg(err['msg'])} (got {err.get('input')!r})")
     return f"{source}: " + "; ".join(parts)
 
 
 C = TypeVar("C", bound=BaseModel)
 
 
+def _apply_aliases(loaded: dict[str, Any], cls: type[BaseModel], names: dict[str, str]) -> dict[str, Any]:
+    """Rewrite flag-style top-level keys (`max-new-tokens`, `max_new_tokens`) to their dotted fields."""
+    out: dict[str, Any] = {}
+    for key, value in loaded.items():
+        norm = str(key).replace("-", "_")
+        if norm in cls.model_fields:
+            out[norm] = _deep_merge(out[norm], value) if isinstance(value, dict) and isinstance(
+                out.get(norm), dict) else value
+        elif norm in names:
+            _set_dotted(out, names[norm], value)
+        else:
+            out[key] = value  # unknown: validation reports it with the closest valid name
+    return out
+
+
 def resolve_config(
-    cls: type[C], config_file: str | Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
+    cls: type[C], config_file: str | Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> C:
-    """Build `cls` from its defaults (or `defaults`), a YAML file, then non-None overrides (keys may be dotted)."""
+    """Build `cls` from its defaults (or `defaults`), a YAML file, then non-None overrides (keys may be dotted).
+
+    The file may use flag names at its top level (`max_new_tokens: 64`). Errors name a field by the flag that
+    set it (`flags`: dotted field → flag, default `--last-part`) and suggest the closest valid name.
+    """
     data: dict[str, Any] = dict(defaults or {})
     source = "command-line flags"
+    names = aliases(cls, flags)
     if config_file:
         loaded = read_yaml(config_file)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise PersonalignError(f"{config_file}: expected a mapping of config fields at the top level")
-        data = _deep_merge(data, loaded)
+        data = _deep_merge(data, _apply_aliases(loaded, cls, names))
         source = f"{config_file} (or flags)"
-    for key, value in overrides.items():
-        if value is not None:
-            _set_dotted(data, key, value)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    for key, value in given.items():
+        _set_dotted(data, key, value)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise PersonalignError(format_validation_error(exc, source)) from None
+        named = {key: flag_name(key, flags) for key in given}
+        raise PersonalignError(format_validation_error(exc, source, named, cls)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -66,12 +67,30 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with NaN and ±inf replaced by null: JSON has no such numbers, and strict parsers reject them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(value) for value in obj]
+    if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        return strict_json(obj.item())
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text (no NaN) of `obj`; unknown types as their string."""
+    return json.dumps(strict_json(obj), indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    return atomic_write_text(path, dumps(obj, indent=2) + "\n")
 
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+    text = "".join(dumps(row) + "\n" for row in rows)
     return atomic_write_text(path, text)
 
 
@@ -133,4 +152,7 @@ def read_yaml(path: str | Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DataError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DataError(f"{where}: invalid YAML ({problem}); fix the file at that line and column") from None

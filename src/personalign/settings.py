@@ -50,3 +50,29 @@ def hub_offline() -> bool:
 def env_secret(name: str) -> str | None:
     """The value of the environment variable `name` (an API key a config points at by name), or None."""
     return os.environ.get(name) or None
+
+
+RUNS_ENV = "PERSONALIGN_RUNS"
+
+
+def runs_root() -> Path:
+    """Parent folder of auto-named run dirs: $PERSONALIGN_RUNS, else ./runs."""
+    return Path(os.environ.get(RUNS_ENV) or "runs").expanduser()
+
+
+def wandb_problem() -> str | None:
+    """Why `--wandb` cannot start here (None when it can): checked before any run dir is created."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        return "needs the wandb package: pip install 'personalign[wandb]'"
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get(
+            "WANDB_API_KEY"):
+        return None
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        if "api.wandb.ai" in netrc.read_text(encoding="utf-8"):
+            return None
+    except OSError:
+        pass
+    return "not logged in to Weights & Biases; run `wandb login`, or set WANDB_MODE=offline to track locally"

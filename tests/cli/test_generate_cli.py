@@ -50,7 +50,7 @@ def test_compare_writes_run_dir_and_table(tiny_model_dir, example_profile_path, 
     ])
     assert result.exit_code == 0, result.output
     assert "methods × constraint compliance" in result.output
-    run = next((tmp_path / "runs").iterdir())
+    run = tmp_path / "runs"  # --out is the run dir itself
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["sampling"]["max_new_tokens"] == 5 and resolved["model"]["model"] == str(tiny_model_dir)
     rows = [json.loads(x) for x in (run / "outputs.jsonl").read_text().splitlines()]

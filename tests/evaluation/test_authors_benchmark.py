@@ -72,7 +72,8 @@ def test_benchmark_runs_scores_every_output_and_resumes(tmp_path, tiny_model_dir
         assert (run.path / name).is_file()
     assert "win vs base" in (run.path / "table.md").read_text()
     # Resume: the same run dir again does no generation (no new outputs), and the summary is the same.
-    again, summary2 = run_authors_benchmark(cfg.model_copy(update={"run_dir": str(run.path)}), progress=False)
+    resumed = cfg.model_copy(update={"out": str(run.path), "resume": True})
+    again, summary2 = run_authors_benchmark(resumed, progress=False)
     assert len(again.outputs) == len(rows)
     assert summary2["vs"] == summary["vs"]
 

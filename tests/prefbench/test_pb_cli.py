@@ -49,7 +49,7 @@ def test_bench_end_to_end_with_minilm_and_resume(tmp_path: Path, tax_root: Path)
     # A rerun reuses every finished method whose config is unchanged and retrains the one whose option moved;
     # every text comes from the embedding cache.
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "methods").iterdir()}
-    again = CliRunner().invoke(app, [*args, "--set", "options.personalized.alpha=0.9"])
+    again = CliRunner().invoke(app, [*args, "--resume", "--set", "options.personalized.alpha=0.9"])
     assert again.exit_code == 0, again.output
     after = {p.name: p.stat().st_mtime_ns for p in (out / "methods").iterdir()}
     assert {n for n in stamps if after[n] != stamps[n]} == {"personalized.json"}

@@ -15,10 +15,13 @@ from personalign.cli.common import (
     DtypeOpt,
     ModelOpt,
     OutOpt,
-    RunDirOpt,
+    ResumeOpt,
     TempOpt,
     console,
+    err_console,
+    resolve_run_config,
     split_csv,
+    takes_config,
 )
 from personalign.config import Config, ModelConfig, SamplingConfig, resolve_config
 from personalign.errors import PersonalignError
@@ -37,6 +40,7 @@ class GenerateConfig(Config):
     method_config: dict[str, Any] = Field(default_factory=dict)
 
 
+@takes_config("personalign.cli.generate:GenerateConfig")
 def generate(
     prompt: Annotated[str | None, typer.Option("--prompt", help="the request to answer")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML/JSON")] = None,
@@ -61,19 +65,28 @@ def generate(
     )
     if cfg.run and model:
         raise PersonalignError("--model cannot be combined with --run: the run dir names its own model")
+    if not cfg.run and not Path(cfg.method.removesuffix("+prompt")).is_dir():
+        from personalign.methods.base import method_class
+
+        validate_names([cfg.method])
+        if method_class(cfg.method).trainable:
+            raise PersonalignError(
+                f"--method {cfg.method} is trained, and generate does not train: run `personalign personalize "
+                f"--profile P --method {cfg.method}` once, then `personalign generate --run RUN_DIR --prompt ...`")
     personalizer = resolve_personalizer(cfg.run or cfg.method, profile=cfg.profile, model=cfg.model,
                                         method_config=cfg.method_config)
     output = personalizer.generate([cfg.prompt], cfg.sampling)[0][0]
     console.print(output, highlight=False, markup=False)
 
 
+@takes_config("personalign.evaluation.compare:CompareConfig")
 def compare(
     profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML/JSON")] = None,
     methods: Annotated[str | None, typer.Option("--methods", help="comma list, e.g. base,prompt,prompt-rag")] = None,
     runs: Annotated[str | None, typer.Option("--runs", help="comma list of trained run dirs")] = None,
     n_prompts: Annotated[int | None, typer.Option("--n-prompts", help="first K eval prompts")] = None,
     out: OutOpt = None,
-    run_dir: RunDirOpt = None,
+    resume: ResumeOpt = None,
     quick: Annotated[bool | None, typer.Option("--quick/--full", help="quick method settings")] = None,
     model: ModelOpt = None,
     dtype: DtypeOpt = None,
@@ -87,21 +100,48 @@ def compare(
     """Generate for the profile's eval prompts with each method; print a side-by-side table."""
     from personalign.evaluation.compare import CompareConfig
 
-    cfg = resolve_config(
-        CompareConfig, config,
+    if profile is None and not _config_sets(config, "profile"):
+        raise PersonalignError("compare needs --profile PATH (the person to compare methods for; "
+                               "configs/profiles/example.yaml is an example)")
+    cfg = resolve_run_config(
+        CompareConfig, "compare", config,
         {"profile": str(profile) if profile else None, "methods": split_csv(methods), "runs": split_csv(runs),
-         "n_prompts": n_prompts, "out": str(out) if out else None, "run_dir": str(run_dir) if run_dir else None,
+         "n_prompts": n_prompts, "out": str(out) if out else None, "resume": resume,
          "quick": quick, "model.model": model, "model.dtype": dtype, "model.device": device,
          "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature,
          "sampling.seed": seed, "wandb": wandb},
     )
-    _run_and_print(cfg)
+    _run_and_print(cfg, "compare")
 
 
-def _run_and_print(cfg: Any) -> Path:
+def validate_names(methods: list[str]) -> None:
+    """Every method name must exist before anything is created (a typo fails before `base` runs)."""
+    from personalign.config import suggest
+    from personalign.methods.base import available_methods
+
+    valid = available_methods()
+    for name in methods:
+        if name not in valid:
+            raise PersonalignError(f"--methods: unknown method {name!r}{suggest(name, valid)}; choose from "
+                                   f"{', '.join(valid)}")
+
+
+def _config_sets(config: Path | None, key: str) -> bool:
+    from personalign.io import read_yaml
+
+    data = read_yaml(config) if config else None
+    return isinstance(data, dict) and data.get(key) is not None
+
+
+def _say(line: str) -> None:
+    err_console.print(line, highlight=False, markup=False)
+
+
+def _run_and_print(cfg: Any, command: str) -> Path:
     from personalign.evaluation.compare import run_comparison
 
-    run, summary = run_comparison(cfg)
+    validate_names(cfg.methods)
+    run, summary = run_comparison(cfg, command=command, echo=_say)
     show_side_by_side(run.outputs, limit=3)
     show_summary(summary)
     console.print(f"run dir: [bold]{run.path}[/]")
@@ -140,7 +180,9 @@ def show_summary(summary: dict[str, dict[str, Any]]) -> None:
 def demo(
     quick: Annotated[bool, typer.Option("--quick/--full", help="4 prompts × 96 tokens instead of 8 × 160")] = False,
     out: OutOpt = None,
-    methods: Annotated[str | None, typer.Option("--methods", help="default: every method that exists")] = None,
+    resume: ResumeOpt = None,
+    methods: Annotated[str | None, typer.Option(
+        "--methods", help="comma list of methods", show_default=", ".join(DEMO_METHODS) + " (those installed)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Compare every available method on the example profile, end with a summary table and a report."""
@@ -152,11 +194,12 @@ def demo(
         n_prompts=4 if quick else 8,
         sampling=SamplingConfig(max_new_tokens=96 if quick else 160, temperature=0.7, repetition_penalty=1.15, seed=0),
     ).to_dict()
-    cfg = resolve_config(
-        CompareConfig, config, {"methods": split_csv(methods), "out": str(out) if out else None}, defaults=defaults
+    cfg = resolve_run_config(
+        CompareConfig, "demo", config,
+        {"methods": split_csv(methods), "out": str(out) if out else None, "resume": resume}, defaults=defaults,
     )
     console.print(f"personalign demo: methods {', '.join(cfg.methods)} on {Path(cfg.profile).name}")
-    run_path = _run_and_print(cfg)
+    run_path = _run_and_print(cfg, "demo")
     finish_demo(run_path)
 
 

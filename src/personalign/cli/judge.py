@@ -10,11 +10,24 @@ import typer
 from pydantic import Field
 from rich.table import Table
 
-from personalign.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, OutOpt, RunDirOpt, console, split_csv
-from personalign.config import Config, ModelConfig, resolve_config
+from personalign.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    OutOpt,
+    PersonalignTyper,
+    ResumeOpt,
+    console,
+    given_fields,
+    refuse_unused,
+    resolve_run_config,
+    split_csv,
+    takes_config,
+)
+from personalign.config import Config, ModelConfig
 from personalign.errors import PersonalignError
 
-judge_app = typer.Typer(help="LLM-as-judge, rule and reward-model judges.", no_args_is_help=True)
+judge_app = PersonalignTyper(help="LLM-as-judge, rule and reward-model judges.", no_args_is_help=True)
 
 
 class JudgeValidateConfig(Config):
@@ -31,9 +44,9 @@ class JudgeValidateConfig(Config):
     max_new_tokens: int = Field(128, ge=8, description="llm judge answer length")
     n_boot: int = Field(1000, ge=10)
     seed: int = 0
-    out: str = "runs"
-    name: str = "judge-validate"
-    run_dir: str | None = Field(None, description="resume into this run dir: finished sets are skipped")
+    out: str | None = Field(None, description="the run dir to write (default: runs/<name>-<judge>-<UTC time>)")
+    name: str = Field("judge-validate", description="prefix of the default run dir's name")
+    resume: bool = Field(False, description="continue the run in `out`: finished sets are reused")
 
 
 def build_validation_judge(cfg: JudgeValidateConfig) -> Any:
@@ -61,51 +74,73 @@ def run_validation(cfg: JudgeValidateConfig, progress: bool = True) -> tuple[Pat
     from personalign.runs import RunDir, seed_everything
 
     seed_everything(cfg.seed)
-    run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out, f"{cfg.name}-{cfg.judge}")
-    run.write_config(cfg)
+    # Every input is read before the run dir exists: a typo'd set name or a bad profile leaves nothing behind.
     profile = load_profile(cfg.profile) if cfg.profile else None
     datasets = {name: load_labeled(name, cfg.data_dir, seed=cfg.seed, limit=cfg.limit) for name in cfg.data}
+    run = RunDir.open(cfg.out, "judge validate", cfg, resume=cfg.resume, name=f"{cfg.name}-{cfg.judge}")
     summary: dict[str, Any] = run.read_json("summary.json") if (run.path / "summary.json").is_file() else {}
     judge = None
     for name, pairs in datasets.items():
         if name in summary:
+            if progress:
+                console.print(f"{name}: done in the earlier run, reused", highlight=False)
             continue  # finished in an earlier, interrupted run
         judge = judge or build_validation_judge(cfg)
         if judge is not None and not (run.path / "env.json").is_file():
-            run.write_env(cfg.seed, device=cfg.model.device)
+            run.write_env(cfg.seed, device=_device(cfg))
         result, rows = validate_judge(judge, pairs, profile, n_boot=cfg.n_boot, seed=cfg.seed, progress=progress)
         summary[name] = result
         run.add_outputs([{"set": name, **row} for row in rows])
         run.log_metrics({"set": name, **{k: v for k, v in result.items() if isinstance(v, int | float)}})
         run.write_json("summary.json", summary)
     if not (run.path / "env.json").is_file():
-        run.write_env(cfg.seed, device=cfg.model.device)
+        run.write_env(cfg.seed, device=_device(cfg))
+    run.mark_finished()
     return run.path, summary
+
+
+def _device(cfg: JudgeValidateConfig) -> str | None:
+    """Where the judge runs: rules need no device; model judges record what `auto` resolved to."""
+    if cfg.judge == "rules":
+        return "cpu"
+    return None if cfg.model.device == "auto" else cfg.model.device
+
+
+# Options each judge ignores: giving one is an error, not a silent no-op.
+MODE_OPTIONS: dict[str, dict[str, str]] = {
+    "rules": {"model": "--model/--device", "rm": "--rm", "max_new_tokens": "--max-new-tokens"},
+    "llm": {"rm": "--rm"},
+    "rm": {"model.model": "--model", "max_new_tokens": "--max-new-tokens"},
+}
 
 
 def _fmt(value: float, ci: tuple[float, float] | None = None, pct: bool = True) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     text = f"{value:.0%}" if pct else f"{value:.2f}"
-    if ci:
+    if ci and None not in ci:
         text += f" [{ci[0]:.0%}, {ci[1]:.0%}]" if pct else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
     return text
 
 
 def show_validation(summary: dict[str, Any], judge: str) -> None:
-    table = Table(title=f"judge {judge}: agreement with labeled pairs (95 % bootstrap CI)")
-    for column in ["set", "n", "accuracy", "kappa", "ties", "unparseable", "position bias"]:
+    table = Table(title=f"judge {judge}: agreement with labeled pairs (95 % bootstrap CI)",
+                  caption="accuracy counts ties and unparseable verdicts as wrong; 'decided' is accuracy on the "
+                          "pairs where the judge named a winner")
+    for column in ["set", "n", "accuracy", "decided", "kappa", "ties", "unparseable", "position bias"]:
         table.add_column(column, justify="left" if column == "set" else "right")
     for name, r in summary.items():
         ci = r.get("ci95", {})
         table.add_row(
-            name, str(r["n"]), _fmt(r["accuracy"], ci.get("accuracy")), _fmt(r["kappa"], ci.get("kappa"), pct=False),
+            name, str(r["n"]), _fmt(r["accuracy"], ci.get("accuracy")),
+            _fmt(r.get("accuracy_decided"), ci.get("accuracy_decided")), _fmt(r["kappa"], ci.get("kappa"), pct=False),
             _fmt(r["tie_rate"]), _fmt(r["unparseable_rate"]), _fmt(r["position_bias_rate"]),
         )
     console.print(table)
 
 
 @judge_app.command("validate")
+@takes_config("personalign.cli.judge:JudgeValidateConfig")
 def validate(
     judge: Annotated[str | None, typer.Option("--judge", help="rules | llm | rm")] = None,
     data: Annotated[str | None, typer.Option("--data", help="comma list of set names or files")] = None,
@@ -117,18 +152,20 @@ def validate(
     profile: Annotated[Path | None, typer.Option("--profile", help="judge with this profile's rubric")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="llm judge answer length")] = None,
     n_boot: Annotated[int | None, typer.Option("--n-boot", help="bootstrap resamples")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="random seed (data split, training, bootstrap)")] = None,
     out: OutOpt = None,
-    run_dir: RunDirOpt = None,
+    resume: ResumeOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Accuracy, Cohen's kappa, tie / unparseable / position-bias rates of a judge, with bootstrap 95 % CIs."""
-    cfg = resolve_config(JudgeValidateConfig, config, {
+    overrides = {
         "judge": judge, "data": split_csv(data), "data_dir": str(data_dir) if data_dir else None, "limit": limit,
         "model.model": model, "model.device": device, "rm": str(rm) if rm else None,
         "profile": str(profile) if profile else None, "max_new_tokens": max_new_tokens, "n_boot": n_boot,
-        "seed": seed, "out": str(out) if out else None, "run_dir": str(run_dir) if run_dir else None,
-    })
+        "seed": seed, "out": str(out) if out else None, "resume": resume,
+    }
+    cfg = resolve_run_config(JudgeValidateConfig, "judge validate", config, overrides)
+    refuse_unused(given_fields(config, overrides), MODE_OPTIONS[cfg.judge], f"by --judge {cfg.judge}")
     path, summary = run_validation(cfg)
     show_validation(summary, cfg.judge)
     console.print(f"run dir: [bold]{path}[/]")

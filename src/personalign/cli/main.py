@@ -22,6 +22,7 @@ app = PersonalignTyper(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_version_option()
 
 # Each module adds its commands (or a sub-app) to `app`; one line per module keeps ownership clear.
 generate.register(app)

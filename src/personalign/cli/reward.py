@@ -8,13 +8,25 @@ from typing import Annotated, Any
 import typer
 from pydantic import Field
 
-from personalign.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, OutOpt, RunDirOpt, console
-from personalign.config import Config, ModelConfig, resolve_config
+from personalign.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    OutOpt,
+    PersonalignTyper,
+    ResumeOpt,
+    console,
+    given_fields,
+    refuse_unused,
+    resolve_run_config,
+    takes_config,
+)
+from personalign.config import Config, ModelConfig
 from personalign.errors import PersonalignError
 from personalign.judges.preference_pipeline import PreferenceConfig
 from personalign.judges.reward_model import RewardModelConfig
 
-reward_app = typer.Typer(help="Reward models: train on labeled or judge-labeled preference pairs.",
+reward_app = PersonalignTyper(help="Reward models: train on labeled or judge-labeled preference pairs.",
                          no_args_is_help=True)
 PIPELINE_LABELS = ("rules", "llm", "mix")
 
@@ -30,10 +42,9 @@ class RewardTrainConfig(Config):
     model: ModelConfig = Field(default_factory=ModelConfig, description="policy that samples the pairs (and llm judge)")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     rm: RewardModelConfig = Field(default_factory=RewardModelConfig)
-    out: str = "runs"
-    name: str = "reward"
-    run_dir: str | None = Field(None, description="resume into this run dir")
-    resume: bool = Field(False, description="continue from the run dir's last checkpoint and saved preferences")
+    out: str | None = Field(None, description="the run dir to write (default: runs/<name>-<UTC time>)")
+    name: str = Field("reward", description="prefix of the default run dir's name")
+    resume: bool = Field(False, description="continue the run in `out` from its last checkpoint and saved pairs")
 
 
 def training_pairs(cfg: RewardTrainConfig, run: Any) -> list[Any]:
@@ -58,24 +69,45 @@ def run_reward_training(cfg: RewardTrainConfig, progress: bool = True) -> tuple[
     from personalign.judges.reward_model import train_reward_model
     from personalign.runs import RunDir
 
-    if cfg.resume and not cfg.run_dir:
-        raise PersonalignError("--resume needs --run-dir DIR (the run to continue)")
-    run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out, cfg.name)
-    run.write_config(cfg)
-    run.write_env(cfg.rm.seed, device=cfg.rm.device)
+    check_inputs(cfg)
+    run = RunDir.open(cfg.out, "reward train", cfg, resume=cfg.resume, name=cfg.name)
+    run.write_env(cfg.rm.seed, device=None if cfg.rm.device == "auto" else cfg.rm.device)
     pairs = training_pairs(cfg, run)
     _, summary = train_reward_model(pairs, cfg.rm, run, resume=cfg.resume, progress=progress)
+    run.mark_finished()
     return run.path, summary
 
 
+def check_inputs(cfg: RewardTrainConfig) -> None:
+    """Everything that can be wrong with the inputs, before the run dir or any model exists."""
+    from personalign.judges.labeled_sets import load_labeled
+    from personalign.profiles import load_profile
+
+    if cfg.labels in PIPELINE_LABELS:
+        if not cfg.profile:
+            raise PersonalignError(
+                f"--labels {cfg.labels} samples and judges the profile's prompts: pass --profile PATH"
+            )
+        load_profile(cfg.profile)
+    else:
+        load_labeled(cfg.labels, cfg.data_dir, seed=cfg.rm.seed, limit=cfg.limit)  # names and files checked now
+
+
+# Options that each kind of labels ignores (pipeline labels sample pairs; a set or file comes labeled).
+PIPELINE_ONLY = {"profile": "--profile", "model.model": "--model", "preference": "--pairs-per-prompt"}
+LABELED_ONLY = {"limit": "--limit"}
+
+
 @reward_app.command("train")
+@takes_config("personalign.cli.reward:RewardTrainConfig", batch_size="rm.batch_size", lr="rm.learning_rate",
+              device="rm.device", seed="rm.seed")
 def train(
     labels: Annotated[str | None, typer.Option("--labels", help="rules | llm | mix | SET_NAME | FILE.jsonl")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML (for rules/llm/mix labels)")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="minilm | default | causal-LM folder")] = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or all weights")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="-1 = all epochs")] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="passes over the training pairs")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="pairs per step")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="learning rate")] = None,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="held-out accuracy every N steps")] = None,
@@ -86,21 +118,25 @@ def train(
     model: Annotated[str | None, typer.Option("--model", help="policy / llm-judge model")] = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="random seed (data split, training, bootstrap)")] = None,
     out: OutOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="continue from the last checkpoint")] = None,
+    resume: ResumeOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train a Bradley-Terry reward model; held-out accuracy every N steps, checkpoints, --resume."""
-    cfg = resolve_config(RewardTrainConfig, config, {
+    overrides = {
         "labels": labels, "profile": str(profile) if profile else None, "rm.backbone": backbone, "rm.lora": lora,
         "rm.max_steps": max_steps, "rm.epochs": epochs, "rm.batch_size": batch_size, "rm.learning_rate": lr,
         "rm.eval_every": eval_every, "rm.save_every": save_every, "rm.max_length": max_length, "limit": limit,
         "preference.pairs_per_prompt": pairs_per_prompt, "model.model": model, "model.device": device,
         "rm.device": device, "data_dir": str(data_dir) if data_dir else None, "rm.seed": seed,
-        "out": str(out) if out else None, "run_dir": str(run_dir) if run_dir else None, "resume": resume,
-    })
+        "out": str(out) if out else None, "resume": resume,
+    }
+    cfg = resolve_run_config(RewardTrainConfig, "reward train", config, overrides, flags={
+        "rm.learning_rate": "--lr", "preference.pairs_per_prompt": "--pairs-per-prompt", "rm.seed": "--seed"})
+    pipeline = cfg.labels in PIPELINE_LABELS
+    refuse_unused(given_fields(config, overrides), LABELED_ONLY if pipeline else PIPELINE_ONLY,
+                  f"with --labels {cfg.labels}" + ("" if pipeline else " (its pairs come labeled)"))
     path, summary = run_reward_training(cfg)
     console.print(
         f"reward model: {summary['train_pairs']} train pairs, held-out accuracy "

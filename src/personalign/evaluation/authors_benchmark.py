@@ -54,9 +54,9 @@ class PeopleBenchConfig(Config):
     quick: bool = Field(False, description="3 people, short generations, each method's quick settings")
     n_prompts: int | None = Field(None, ge=1, description="first K test prompts per person; None = all")
     data_dir: str | None = Field(None, description="folder of the data sets ($PERSONALIGN_DATA, ../shared/datasets)")
-    out: str = Field("runs", description="parent folder of run dirs")
-    name: str | None = Field(None, description="run dir name prefix")
-    run_dir: str | None = Field(None, description="resume into this run dir")
+    out: str | None = Field(None, description="the run dir to write (default: runs/<name>-<UTC time>)")
+    name: str | None = Field(None, description="prefix of the default run dir's name")
+    resume: bool = Field(False, description="continue the run in `out`: finished (person, method) pairs are reused")
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_new_tokens=512))
     method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method config fields")
@@ -138,9 +138,9 @@ def run_authors_benchmark(
     sampling = cfg.resolved_sampling()
     if not methods:
         raise PersonalignError("--methods: no method to run; pass e.g. --methods base,prompt")
-    run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out, cfg.name or f"authors-{cfg.dataset}")
-    run.write_config(cfg)
-    run.write_env(sampling.seed, device=cfg.model.device, methods=methods, authors=authors)
+    run = RunDir.open(cfg.out, "eval authors", cfg, resume=cfg.resume, name=cfg.name or f"authors-{cfg.dataset}")
+    run.write_env(sampling.seed, device=None if cfg.model.device == "auto" else cfg.model.device, methods=methods,
+                  authors=authors)
     seed_everything(sampling.seed)
     pools = authorship_pools(cfg.dataset, cfg.data_dir, max_per_author=cfg.judge_pool, seed=sampling.seed)
     llm_backend = build_backend(ModelConfig(model=cfg.llm_judge, device=cfg.model.device)) if cfg.llm_judge else None
@@ -167,6 +167,7 @@ def finish(run: RunDir, methods: list[str], n_boot: int, tie_margin: float, seed
             run.log_metrics({"kind": "method_summary", "method": method, **stats})
     run.write_json("summary.json", summary)
     atomic_write_text(run.path / "table.md", markdown_table(summary))
+    run.mark_finished()
     run.finish()
     return summary
 
@@ -198,6 +199,7 @@ def run_people(
             run.log_metrics({"kind": "judge_validity", "author": author, **judge.validity.as_dict()})
         for name in methods:
             if (author, name) in done:
+                say(f"author {author}: {name} done in the earlier run, reused")
                 continue
             start = time.perf_counter()
             say(f"author {author}: {name} on {len(eval_prompts)} prompts")

@@ -7,6 +7,7 @@ into one run dir; a finished method's outputs are reused on a rerun of the same 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ class CompareConfig(Config):
     methods: list[str] = Field(default_factory=lambda: ["base", "prompt", "prompt-rag"])
     runs: list[str] = Field(default_factory=list, description="trained run dirs to compare beside the methods")
     n_prompts: int | None = Field(None, ge=1, description="first K eval prompts; None = all")
-    out: str = Field("runs", description="parent folder of run dirs")
-    name: str = "compare"
-    run_dir: str | None = Field(None, description="reuse this run dir (resume) instead of a new one")
+    out: str | None = Field(None, description="the run dir to write (default: runs/<name>-<UTC time>)")
+    name: str = Field("compare", description="prefix of the default run dir's name")
+    resume: bool = Field(False, description="continue the run in `out`: methods it finished are reused")
     quick: bool = Field(False, description="use each method's quick settings (CPU-friendly)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     # A mild repetition penalty: without it the 135M default model loops on names and greetings
@@ -60,19 +61,21 @@ def _fit_method(
                                 seed=config.sampling.seed)
 
 
-def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir, dict[str, dict[str, Any]]]:
+def run_comparison(
+    config: CompareConfig, progress: bool = True, command: str = "compare", echo: Callable[[str], None] | None = None,
+) -> tuple[RunDir, dict[str, dict[str, Any]]]:
     """Generate for the profile's eval prompts with every method and trained run; score with rules."""
     profile = load_profile(config.profile)
     prompts = [p.prompt for p in profile.eval_prompts][: config.n_prompts]
     if not prompts:
         raise PersonalignError(f"{config.profile}: field 'eval_prompts' is empty; add held-out prompts to compare on")
-    for run_path in config.runs:
-        parse_spec(run_path)  # fail early, before any generation, on a bad run dir
-    run = RunDir(config.run_dir) if config.run_dir else RunDir.new(config.out, config.name, wandb_project=config.wandb)
-    run.write_config(config)
+    for spec in [*config.runs, *config.methods]:
+        parse_spec(spec)  # a bad run dir or a typo'd method fails here, before any run dir or model exists
+    run = RunDir.open(config.out, command, config, resume=config.resume, name=config.name,
+                      wandb_project=config.wandb)
     seed_everything(config.sampling.seed)
     shared: GenerationBackend | None = None
-    run.write_env(config.sampling.seed, device=config.model.device)
+    run.write_env(config.sampling.seed, device=_device_used(config.model.device))
     done = {row["method"] for row in run.outputs}
     summary: dict[str, dict[str, Any]] = {}
     for row in run.metrics:
@@ -82,6 +85,8 @@ def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir
     labels = [*config.methods, *[f"run:{Path(r).name}" for r in config.runs]]
     for label in labels:
         if label in done and label in summary:
+            if echo is not None:
+                echo(f"{label}: done in the earlier run, reused")
             continue  # resumed: this method finished in an earlier invocation
         start = time.perf_counter()
         if label.startswith("run:"):
@@ -109,6 +114,7 @@ def run_comparison(config: CompareConfig, progress: bool = True) -> tuple[RunDir
         run.log_metrics({"kind": "method_summary", "method": label, **stats})
         summary[label] = stats
     run.write_json("summary.json", {"profile": profile.name, "prompts": prompts, "methods": summary})
+    run.mark_finished()
     run.finish()
     return run, summary
 
@@ -117,3 +123,9 @@ def _is_trainable(name: str) -> bool:
     from personalign.methods.base import method_class
 
     return method_class(name).trainable
+
+
+def _device_used(device: str) -> str:
+    from personalign.backends.hf import resolve_device
+
+    return str(resolve_device(device))

@@ -174,9 +174,9 @@ def run_enron_benchmark(
     others = [split_sender(s, data[s], n_test, cfg.judge_heldout, cfg.k_demos, cfg.judge_pool, cfg.seed)
               for s in data if s not in senders]
     train, heldout = enron_pools([*splits, *others])
-    run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out, cfg.name or "enron")
-    run.write_config(cfg)
-    run.write_env(sampling.seed, device=cfg.model.device, methods=methods, senders=senders)
+    run = RunDir.open(cfg.out, "eval enron", cfg, resume=cfg.resume, name=cfg.name or "enron")
+    run.write_env(sampling.seed, device=None if cfg.model.device == "auto" else cfg.model.device, methods=methods,
+                  senders=senders)
     seed_everything(sampling.seed)
     from personalign.backends.registry import build_backend
 

@@ -307,11 +307,13 @@ def run_bench(cfg: BenchConfig, show_progress: bool = True) -> dict[str, Any]:
     all_results: dict[str, Any] = {}
     with Progress(show_progress) as progress:
         for dataset in cfg.dataset:
-            if root is None:
-                run = RunDir.new(Path("runs") / "prefbench", Path(dataset).stem)
-            else:
-                run = RunDir(root if len(cfg.dataset) == 1 else root / Path(dataset).stem)
-            run.write_config(requested)
+            path = None if root is None else root if len(cfg.dataset) == 1 else root / Path(dataset).stem
+            # An interrupted multi-set run may not have reached this set yet: nothing there to resume.
+            resume = cfg.resume and path is not None and path.is_dir() and any(path.iterdir())
+            # Every finished method is keyed by a fingerprint of its settings (reused only when it matches), so a
+            # resumed bench may change settings: it redoes exactly the methods they touch, never reuses stale ones.
+            run = RunDir.open(path, "bench", requested, resume=resume, name=f"prefbench-{Path(dataset).stem}",
+                              ignore=type(requested).model_fields)
             run.write_env(cfg.seed, device="cpu", effective_config=cfg.to_dict(), torch_threads=cfg.torch_threads)
             start = time.perf_counter()
             results = run_dataset(cfg, dataset, run, progress)
