@@ -52,6 +52,12 @@ BASE_ARGS: dict[str, list[str]] = {
     "judge validate": ["--judge", "rules", "--data", "{pairs}", "--n-boot", "10"],
     "reward train": ["--labels", "{pairs}", "--backbone", "minilm", "--max-steps", "1"],
     "data characterize": ["--dataset", "synthetic", *SYNTH],
+    "eval enron": ["--methods", "base", "--quick", "--n-test", "1", "--model", "{model}", "--max-new-tokens", "2"],
+    "export": ["--run", "{run}", "--format", "adapter", "--out", "{tmp}/exported"],
+    "feedback export": ["--db", "{db}", "--format", "pairs"],
+    "profile infer": ["--texts", "{texts}", "--name", "Zed", "--out", "{tmp}/zed.yaml"],
+    "serve": ["--methods", "base", "--model", "{model}", "--port", "0"],
+    "studio": ["--methods", "base", "--model", "{model}", "--db", "{tmp}/feedback.sqlite", "--port", "0"],
 }
 
 # Each command's own failure modes: (command, extra args, text the one-line error must contain).
@@ -73,6 +79,8 @@ SPECIFIC: list[tuple[str, list[str], str]] = [
     ("reward train", ["--labels", "nope"], "not a file and not a built-in set"),
     ("reward train", ["--labels", "{pairs}", "--profile", "{profile}"], "--profile: not used with --labels"),
     ("data characterize", ["--dataset", "nope"], "nope"),
+    ("export", ["--out", "{userdir}"], "folder of other files"),
+    ("profile infer", ["--texts", "{tmp}/nowhere.jsonl"], "nowhere.jsonl"),
 ]
 
 
@@ -91,10 +99,16 @@ def files(tmp_path_factory, chat_tokenizer) -> dict[str, str]:
     (run / "run.json").write_text(json.dumps({"command": "compare", "status": "finished"}))
     (run / "outputs.jsonl").write_text(json.dumps({"prompt": "p", "method": "base", "sample": 0, "output": "o"})
                                        + "\n")
+    (root / "texts.jsonl").write_text("".join(json.dumps({"subject": f"Plan {i}", "body": f"Hi Sam,\n\nWeek {i} "
+                                                         "is ready.\n\nBest,\nZed"}) + "\n" for i in range(12)))
+    from personalign.feedback.db import FeedbackDB
+
+    FeedbackDB(root / "feedback.sqlite")  # an empty, valid database
     (root / "bad.yaml").write_text("methods: [base\nseed: 2\n")
     (root / "unknown.yaml").write_text("definitely_not_a_field: 1\n")
     return {"model": str(model), "profile": str(root / "toy.yaml"), "pairs": str(pairs), "run": str(run),
-            "bad_yaml": str(root / "bad.yaml"), "unknown_yaml": str(root / "unknown.yaml")}
+            "texts": str(root / "texts.jsonl"), "db": str(root / "feedback.sqlite"), "bad_yaml": str(root / "bad.yaml"),
+            "unknown_yaml": str(root / "unknown.yaml")}
 
 
 def _options(command: click.Command) -> dict[str, TyperOption]:
@@ -147,6 +161,13 @@ def test_bad_arguments_exit_2_with_one_line_and_leave_nothing(name, label, args,
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    import uvicorn
+
+    def no_server(*_args, **_kwargs):  # a row that gets as far as serving has failed: fail fast, never block
+        raise AssertionError("the command started a server")
+
+    monkeypatch.setattr(uvicorn, "run", no_server)
+    monkeypatch.setattr(uvicorn.Server, "run", no_server)
     values = {**files, "tmp": str(tmp_path), "userdir": str(userdir)}
     fill = lambda a: a.format(**values)  # noqa: E731 - template filler
     base = [fill(a) for a in BASE_ARGS[name]]

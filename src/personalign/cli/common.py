@@ -231,7 +231,12 @@ def split_csv(value: str | None) -> list[str] | None:
 
 
 def check_device(device: str | None) -> None:
-    """`--device cuda` on a machine without a visible GPU: one line now, not a torch error later."""
+    """An unknown device, or `--device cuda` on a machine without a visible GPU: one line now, not a torch error
+    later."""
+    from personalign.config import DEVICE_PATTERN
+
+    if device and not DEVICE_PATTERN.fullmatch(device):
+        raise PersonalignError(f"--device {device}: unknown device; use auto, cpu, cuda, cuda:N or mps")
     if device and device.startswith("cuda"):
         import torch
 

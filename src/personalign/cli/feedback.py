@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import Field
 
-from personalign.cli.common import PersonalignTyper, err_console
+from personalign.cli.common import PersonalignTyper, err_console, takes_config
 from personalign.config import Config, resolve_config
 from personalign.errors import PersonalignError
 
@@ -25,6 +25,7 @@ class ExportConfig(Config):
 
 
 @feedback_app.command("export")
+@takes_config("personalign.cli.feedback:ExportConfig")
 def export_cmd(
     db: Annotated[Path | None, typer.Option("--db", help="feedback database (feedback.sqlite)")] = None,
     format: Annotated[str | None, typer.Option("--format", help="pairs | demonstrations")] = None,
@@ -45,6 +46,8 @@ def export_cmd(
         "profile": str(profile) if profile else None, "include_eval_prompts": include_eval_prompts})
     if cfg.format not in FORMATS:
         raise PersonalignError(f"--format {cfg.format!r}: choose one of {', '.join(FORMATS)}")
+    if cfg.out and Path(cfg.out).is_dir():
+        raise PersonalignError(f"--out {cfg.out}: is a folder; pass the JSONL file to write")
     if not Path(cfg.db).is_file():
         raise PersonalignError(f"--db {cfg.db}: file not found; pass the feedback.sqlite the studio wrote")
     result = export(FeedbackDB(cfg.db), cfg.format, load_profile(cfg.profile) if cfg.profile else None,

@@ -10,7 +10,7 @@ import typer
 import yaml
 from pydantic import Field
 
-from personalign.cli.common import ConfigOpt, DeviceOpt, PersonalignTyper, console
+from personalign.cli.common import ConfigOpt, DeviceOpt, PersonalignTyper, check_device, console, takes_config
 from personalign.config import Config, resolve_config
 from personalign.errors import PersonalignError
 from personalign.profiles.infer import InferConfig
@@ -35,6 +35,7 @@ class ProfileInferConfig(Config):
 
 
 @profile_app.command("infer")
+@takes_config("personalign.cli.profile:ProfileInferConfig")
 def infer(
     texts: Annotated[Path | None, typer.Option("--texts", help="JSONL file or folder of .txt/.eml files")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="profile YAML to write")] = None,
@@ -57,6 +58,7 @@ def infer(
     cfg = resolve_config(ProfileInferConfig, config, {
         "texts": str(texts) if texts else None, "out": str(out) if out else None, "name": name, "task": task,
         "n_demos": n_demos, "n_eval": n_eval, "llm": llm, "device": device, "seed": seed})
+    check_device(cfg.device)
     items = read_texts(cfg.texts)
     n_eval = cfg.n_eval if cfg.n_eval is not None else (min(12, len(items) // 5) if len(items) >= 10 else 0)
     if len(items) - n_eval < 3:

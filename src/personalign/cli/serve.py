@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from personalign.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, split_csv
+from personalign.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, split_csv, takes_config
 from personalign.config import resolve_config
 
 
+@takes_config("personalign.serve.config:ServeConfig")
 def serve(
     runs: Annotated[str | None, typer.Option("--runs", help="comma list of run dirs (DIR or DIR+prompt)")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="profile for --methods")] = None,

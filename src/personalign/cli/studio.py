@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personalign.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, TempOpt, console, split_csv
+from personalign.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, TempOpt, console, split_csv, takes_config
 from personalign.config import resolve_config
 from personalign.errors import PersonalignError
 from personalign.studio.config import LOOPBACK, StudioConfig
@@ -32,6 +32,7 @@ def prepare(cfg: StudioConfig) -> object:
     return create_app(Studio(cfg, sources, db))
 
 
+@takes_config("personalign.studio.config:StudioConfig")
 def studio(
     profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML/JSON (editable there)")] = None,
     runs: Annotated[str | None, typer.Option("--runs", help="trained run dirs to compare, comma-separated")] = None,
