@@ -350,13 +350,14 @@ class FeedbackDB:
         with self.reading() as conn:
             return [dict(r) for r in conn.execute("SELECT * FROM answers ORDER BY id")]
 
+    def choice_for(self, round_id: str) -> dict[str, Any] | None:
+        with self.reading() as conn:
+            row = conn.execute("SELECT * FROM choices WHERE round_id = ?", (round_id,)).fetchone()
+        return dict(row) if row else None
+
     def edits(self) -> list[dict[str, Any]]:
         with self.reading() as conn:
             return [dict(r) for r in conn.execute("SELECT * FROM edits ORDER BY id")]
-
-    def answered_prompts(self) -> set[str]:
-        with self.reading() as conn:
-            return {r[0] for r in conn.execute("SELECT prompt FROM answers")}
 
     def counts(self) -> dict[str, int]:
         with self.reading() as conn:

@@ -281,7 +281,7 @@ def create_app(studio: Studio) -> FastAPI:
                 rnd = studio.new_round(prompt)
         except PersonalignError as exc:
             return error_page(exc, "/compare")
-        answered = next((a for a in studio.db.answers() if a["round_id"] == rnd.id), None)
+        answered = studio.db.choice_for(rnd.id)
         shown = {pos: {"text": c.text, "checks": studio.checks(c.text)} for pos, c in rnd.shown.items()}
         return page("compare.html", round=rnd, shown=shown, prompt_digest=digest(rnd.prompt), saved=saved,
                     answered=answered, counts=studio.db.counts(), max_chars=config.max_text_chars)
