@@ -107,10 +107,12 @@ class Studio:
                 self._waiting -= 1
 
     def _generate(self, prompt: str, source: str) -> tuple[str, str, Candidate, Candidate, str, int]:
+        """Two candidates (called under the generation lock, so the profile and its version cannot change)."""
+        version = self.profile_version
         first, second, seed_x, seed_y, order = self._draw()
         x = first.generate(prompt, self.config.sampling, seed_x)
         y = second.generate(prompt, self.config.sampling, seed_y)
-        return prompt, source, x, y, order, self.profile_version
+        return prompt, source, x, y, order, version
 
     def _prefetch_after(self, shown: str) -> None:
         """Generate the next list prompt's pair in the background while the person reads this one: on a CPU a
@@ -169,9 +171,9 @@ class Studio:
                                  "saved; reload the profile page")
         profile = Profile.model_validate(data)  # ValidationError → per-field messages in the page
         atomic_write_yaml(self.profile_path, profile.model_dump(mode="json", exclude_defaults=True))
-        self.profile = profile
-        self.profile_version = self.db.profile_version(profile)
-        with self._generate_lock:  # not while a (background) generation uses the old prompt builders
+        version = self.db.profile_version(profile)
+        with self._generate_lock:  # profile, version and prompt builders change together, between generations
+            self.profile, self.profile_version = profile, version
             for source in self.sources:
                 source.refit(profile)
         return profile
