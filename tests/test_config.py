@@ -87,3 +87,9 @@ def _message(call) -> str:
     except PersonalignError as exc:
         return str(exc)
     raise AssertionError("no error")
+
+
+def test_defaults_are_not_changed_by_overrides():
+    saved = {"sampling": {"max_new_tokens": 3}}
+    cfg = resolve_config(CompareConfig, None, {"sampling.max_new_tokens": 4}, defaults=saved)
+    assert cfg.sampling.max_new_tokens == 4 and saved == {"sampling": {"max_new_tokens": 3}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar, get_args
@@ -226,7 +227,7 @@ def resolve_config(
     The file may use flag names at its top level (`max_new_tokens: 64`). Errors name a field by the flag that
     set it (`flags`: dotted field → flag, default `--last-part`) and suggest the closest valid name.
     """
-    data: dict[str, Any] = dict(defaults or {})
+    data: dict[str, Any] = copy.deepcopy(defaults or {})  # dotted overrides write into nested dicts
     source = "command-line flags"
     names = aliases(cls, flags)
     if config_file:

@@ -8,7 +8,7 @@ import platform
 import random
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +30,12 @@ PLACEMENT_FIELDS = frozenset({
 # Run dirs this process created, and the run being written (for cleanup on errors and the Ctrl-C message).
 _CREATED: list[Path] = []
 _ACTIVE: list[tuple[str, Path]] = []
+# Callbacks that see every metrics row as it is logged (the CLI reports the data a method trains on).
+_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+
+
+def add_metrics_listener(listener: Callable[[dict[str, Any]], None]) -> None:
+    _LISTENERS.append(listener)
 
 TRACKED_PACKAGES = (
     "personalign", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
@@ -175,6 +181,7 @@ def active_run() -> tuple[str, Path] | None:
 def reset_run_tracking() -> None:
     _CREATED.clear()
     _ACTIVE.clear()
+    _LISTENERS.clear()
 
 
 class RunDir:
@@ -284,6 +291,8 @@ class RunDir:
             self._drop_replayed(row)
         self._metrics.append(row)
         atomic_write_jsonl(self.path / "metrics.jsonl", self._metrics)
+        for listener in _LISTENERS:
+            listener(row)
         if self._wandb is not None:
             numeric = {k: v for k, v in record.items() if isinstance(v, int | float)}
             self._wandb.log(numeric, step=step)

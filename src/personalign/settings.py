@@ -76,3 +76,19 @@ def wandb_problem() -> str | None:
     except OSError:
         pass
     return "not logged in to Weights & Biases; run `wandb login`, or set WANDB_MODE=offline to track locally"
+
+
+def quiet_third_party() -> None:
+    """Silence what libraries print on every run but personalign's users cannot act on: transformers' per-load
+    "Loading weights" bars and info logs, and peft's probe of the deprecated `is_gradient_checkpointing`
+    (PeftModel reads it on every adapter load; the FutureWarning is transformers' note to peft). Our own
+    progress bars are separate and stay. Idempotent."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # transformers is a dependency; tolerate a broken install here, fail where it is used
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

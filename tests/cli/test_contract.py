@@ -72,6 +72,7 @@ SPECIFIC: list[tuple[str, list[str], str]] = [
     ("judge validate", ["--model", "default"], "not used by --judge rules"),
     ("judge validate", ["--judge", "oracle"], "judge"),
     ("report", ["--out", "{userdir}"], "is a folder"),
+    ("report", ["{bench_run}"], "a `bench` run"),
     ("report", ["--out", "{userdir}/x.txt"], "ending in .html"),
     ("personalize", ["--pairs", "{pairs}"], "--pairs: not used by --method sft"),
     ("personalize", ["--method", "prompt"], "prompting methods need no training"),
@@ -104,9 +105,14 @@ def files(tmp_path_factory, chat_tokenizer) -> dict[str, str]:
     from personalign.feedback.db import FeedbackDB
 
     FeedbackDB(root / "feedback.sqlite")  # an empty, valid database
+    bench = root / "bench-run"
+    bench.mkdir()
+    (bench / "run.json").write_text(json.dumps({"command": "bench", "status": "finished"}))
+    (bench / "metrics.jsonl").write_text(json.dumps({"method": "vanilla", "mean_acc": 0.5}) + "\n")
     (root / "bad.yaml").write_text("methods: [base\nseed: 2\n")
     (root / "unknown.yaml").write_text("definitely_not_a_field: 1\n")
     return {"model": str(model), "profile": str(root / "toy.yaml"), "pairs": str(pairs), "run": str(run),
+            "bench_run": str(bench),
             "texts": str(root / "texts.jsonl"), "db": str(root / "feedback.sqlite"), "bad_yaml": str(root / "bad.yaml"),
             "unknown_yaml": str(root / "unknown.yaml")}
 

@@ -82,7 +82,11 @@ def test_personalize_then_generate_resume_and_compare(trained_run, tmp_path):
     assert resolved["method"] == "sft" and resolved["method_config"]["max_steps"] == 2
     assert json.loads((run / "env.json").read_text())["seed"] == 0
 
-    invoke("generate", "--run", str(run), "--prompt", "Greet Gus.", "--max-new-tokens", "4", "--temperature", "0")
+    # What a user sees: the completion, without transformers' "Loading weights" bars or peft's FutureWarning.
+    shown = cli("generate", "--run", str(run), "--prompt", "Greet Gus.", "--max-new-tokens", "4", "--temperature",
+                "0", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "Loading weights" not in shown.stderr and "is_gradient_checkpointing" not in shown.stderr, shown.stderr
 
     # --resume on a finished run (saved settings: the tiny model, 2 steps) trains no further step.
     steps_before = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
@@ -99,3 +103,30 @@ def test_personalize_then_generate_resume_and_compare(trained_run, tmp_path):
     invoke("compare", "--config", str(compare_cfg))
     summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
     assert set(summary["methods"]) == {"base", "run:run"}
+
+
+def test_personalize_says_what_it_trains_on_before_training(tmp_path, chat_tokenizer):
+    from typer.testing import CliRunner
+
+    from personalign.cli.main import app
+
+    model = tmp_path / "tiny"
+    make_tiny_llama(chat_tokenizer, hidden=16, layers=1).save_pretrained(model)
+    chat_tokenizer.save_pretrained(model)
+    profile = tmp_path / "toy.yaml"
+    profile.write_text(yaml.safe_dump(TOY))
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"model": str(model), "dtype": "fp32", "device": "cpu"},
+        "method_config": {"max_steps": 1, "batch_size": 2, "synthetic": {"n_candidates": 2, "n_keep": 2,
+                                                                         "max_new_tokens": 8}},
+    }))
+    result = CliRunner().invoke(app, ["personalize", "--profile", str(profile), "--method", "sft", "--config",
+                                      str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    err = result.stderr
+    assert "data: 2 demonstrations from the profile" in err
+    line = next(x for x in err.splitlines() if x.startswith("synthetic: "))
+    assert "generated" in line and "rejected" in line and "training on" in line
+    assert "warning: " in err and "below 8" in err  # 2 demonstrations + at most 2 synthetic rows
+    assert err.index("synthetic: ") < err.index("warning: ")

@@ -137,7 +137,7 @@ class Embedder:
         vector is the same whatever it is batched with, so cached and fresh vectors agree and a benchmark
         does not depend on what the cache saw before. Grouping by length also skips the compute on pads.
         """
-        from rich.progress import Progress
+        from personalign.progress import Progress
 
         model = self.model
         # The model's own tokenization (truncation included), so lengths are the ones encode() will see; in

@@ -121,9 +121,10 @@ class HFBackend(TrainableBackend):
     # ---- loading -------------------------------------------------------------------------------
     def _load(self, config: ModelConfig) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
+        from personalign.settings import quiet_third_party
+
+        quiet_third_party()
         path = resolve_model_path(config.model)
         dtype = resolve_dtype(config.dtype, self._device)
         start = time.perf_counter()
@@ -229,7 +230,7 @@ class HFBackend(TrainableBackend):
         pad_id = self.tokenizer.pad_token_id
         iterator: Any = batches
         if progress:
-            from rich.progress import track
+            from personalign.progress import track
 
             iterator = track(batches, description="generating", transient=True)
         for batch_index, batch in enumerate(iterator):

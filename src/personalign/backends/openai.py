@@ -48,7 +48,7 @@ class OpenAIBackend(GenerationBackend):
         with ThreadPoolExecutor(self.settings.concurrency) as pool:
             futures = [pool.submit(fn, i) for i in range(count)]
             if progress:
-                from rich.progress import track
+                from personalign.progress import track
 
                 for _ in track(futures, description=f"{self.config.model} via {self.settings.base_url}",
                                transient=True):

@@ -38,7 +38,7 @@ TempOpt = Annotated[float | None, typer.Option("--temperature", help="0 = greedy
 
 # Tables need room: when output is not a terminal (pipes, CI logs) rich would fall back to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # notes and errors stay one line each, whatever the width
 
 
 def user_error_message(exc: BaseException) -> str | None:
@@ -99,7 +99,10 @@ class _UserErrorGroup(TyperGroup):
         from personalign.runs import discard_unfinished_new_runs, reset_run_tracking
 
         if ctx.parent is None:
+            from personalign.settings import quiet_third_party
+
             reset_run_tracking()
+            quiet_third_party()
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, click.exceptions.ClickException):

@@ -76,7 +76,7 @@ def generate(
     personalizer = resolve_personalizer(cfg.run or cfg.method, profile=cfg.profile, model=cfg.model,
                                         method_config=cfg.method_config)
     output = personalizer.generate([cfg.prompt], cfg.sampling)[0][0]
-    console.print(output, highlight=False, markup=False)
+    typer.echo(output)  # the raw text, never re-wrapped: it may be piped into a file or another program
 
 
 @takes_config("personalign.evaluation.compare:CompareConfig")
@@ -100,7 +100,7 @@ def compare(
     """Generate for the profile's eval prompts with each method; print a side-by-side table."""
     from personalign.evaluation.compare import CompareConfig
 
-    if profile is None and not _config_sets(config, "profile"):
+    if profile is None and not resume and not _config_sets(config, "profile"):  # a resumed run has its own
         raise PersonalignError("compare needs --profile PATH (the person to compare methods for; "
                                "configs/profiles/example.yaml is an example)")
     cfg = resolve_run_config(

@@ -16,6 +16,7 @@ from personalign.cli.common import (
     OutOpt,
     ResumeOpt,
     console,
+    err_console,
     resolve_run_config,
     takes_config,
 )
@@ -69,12 +70,32 @@ def _check_method_fields(method: str, config_class: type, fields: dict[str, Any]
         raise PersonalignError(format_validation_error(exc, f"--method {method}", flags)) from None
 
 
+# Below this many training rows SFT mostly memorizes them and no held-out set can mean anything.
+FEW_ROWS = 8
+
+
+def report_data(row: dict[str, Any], n_demos: int) -> None:
+    """Say what the method trains on as soon as it is known (before the first step): rows by source, synthetic
+    candidates kept and rejected by check, and a warning when that is too little."""
+    if row.get("phase") != "synthetic":
+        return
+    rejected = ", ".join(f"{k.removeprefix('check:')} {v}" for k, v in (row.get("rejected") or {}).items()) or "none"
+    kept = int(row.get("kept") or 0)
+    err_console.print(f"synthetic: {row.get('generated', 0)} generated, {row.get('repaired', 0)} repaired, rejected: "
+                      f"{rejected}; kept {kept} → training on {n_demos + kept} rows ({n_demos} demonstrations + "
+                      f"{kept} synthetic)", highlight=False)
+    if n_demos + kept < FEW_ROWS:
+        err_console.print(f"warning: {n_demos + kept} training rows is below {FEW_ROWS}: the adapter will mostly "
+                          "memorize them; add demonstrations, raise synthetic.n_candidates, or use a stronger "
+                          "synthetic.teacher", highlight=False)
+
+
 def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
     """Fit the method on the profile and write config, env, metrics, adapter and method.json."""
     from personalign.backends.registry import build_backend
     from personalign.methods.base import build_personalizer, method_class
     from personalign.profiles import load_profile
-    from personalign.runs import RunDir
+    from personalign.runs import RunDir, add_metrics_listener
 
     check_method(cfg.method)
     profile = load_profile(cfg.profile)
@@ -102,6 +123,8 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
     if progress:
         verb = "resuming" if cfg.resume else "training"
         console.print(f"[bold]{cfg.method}[/]: {verb} on {profile.name} into {run.path}")
+        err_console.print(f"data: {len(profile.demonstrations)} demonstrations from the profile", highlight=False)
+        add_metrics_listener(lambda row: report_data(row, len(profile.demonstrations)))
     personalizer.fit(profile, run)
     run.mark_finished()
     return run.path

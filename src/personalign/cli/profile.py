@@ -79,6 +79,15 @@ def infer(
     # Constraints from every text on the inference side; the first n_demos of them become demonstrations.
     profile, inference = infer_profile(infer_side, cfg.name, cfg.task, cfg.infer, style, eval_texts=held)
     profile.demonstrations = profile.demonstrations[: cfg.n_demos]
+    from personalign.profiles.loading import demonstration_failures
+
+    failing = demonstration_failures(profile)
+    if failing:
+        # The person's own texts are the ground truth: keep them, and say which break the inferred constraints.
+        profile.accept_failing_demonstrations = True
+        console.print(f"note: {len({i for i, _, _ in failing})} demonstration(s) break the inferred constraints "
+                      f"({', '.join(sorted({c for _, c, _ in failing}))}); kept with accept_failing_demonstrations",
+                      highlight=False)
     header = [f"# Inferred by `personalign profile infer` from {len(infer_side)} texts of {cfg.texts}.",
               "# Edit freely. Evidence behind each constraint:"]
     header += [f"#   {key}: {value}" for key, value in inference.evidence.items()]

@@ -76,7 +76,7 @@ def validate_judge(
     batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     iterator: Any = batches
     if progress:
-        from rich.progress import track
+        from personalign.progress import track
 
         iterator = track(batches, description=f"judging with {judge.name}", transient=True)
     for batch in iterator:

@@ -322,7 +322,7 @@ class RLAIFMethod(Personalizer):
                                   max_new_tokens=cfg.max_new_tokens)
         bar_ctx: Any = contextlib.nullcontext()
         if progress:
-            from rich.progress import Progress
+            from personalign.progress import Progress
 
             bar_ctx = Progress(transient=True)
         with bar_ctx as bar:

@@ -101,7 +101,7 @@ def run_sft(
     start = time.perf_counter()
     bar_ctx: Any = nullcontext()
     if progress:
-        from rich.progress import Progress
+        from personalign.progress import Progress
 
         bar_ctx = Progress(transient=True)
     with bar_ctx as bar:

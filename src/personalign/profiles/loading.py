@@ -46,9 +46,26 @@ def parse_profile(data: object, source: str | Path = "<profile>") -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping of profile fields, got {type(data).__name__}")
     try:
-        return Profile.model_validate(data)
+        profile = Profile.model_validate(data)
     except ValidationError as exc:
         raise ProfileError(_describe(exc, path)) from None
+    if not profile.accept_failing_demonstrations:
+        failing = demonstration_failures(profile)
+        if failing:
+            shown = "; ".join(f"demonstrations[{i}] fails {check}" + (f" ({detail})" if detail else "")
+                              for i, check, detail in failing[:3])
+            more = f" (and {len(failing) - 3} more)" if len(failing) > 3 else ""
+            raise ProfileError(f"{path}: {shown}{more}: fix the demonstration or the constraint, or add "
+                               "'accept_failing_demonstrations: true' to keep them knowingly")
+    return profile
+
+
+def demonstration_failures(profile: Profile) -> list[tuple[int, str, str]]:
+    """(index, check, detail) of each demonstration output that breaks the profile's own constraints."""
+    from personalign.judges.rules import check_text
+
+    return [(i, result.name, result.reason) for i, demo in enumerate(profile.demonstrations)
+            for result in check_text(demo.output, profile.constraints) if not result.passed]
 
 
 def load_profile(path: str | Path) -> Profile:

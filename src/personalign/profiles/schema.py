@@ -67,6 +67,9 @@ class Profile(_Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     rubric: Rubric = Field(default_factory=Rubric)
     eval_prompts: list[EvalPrompt] = Field(default_factory=list)
+    accept_failing_demonstrations: bool = Field(
+        False, description="keep demonstrations that break the profile's own constraints (loading refuses them "
+        "otherwise: a method would learn the opposite of what the constraints score)")
 
     @field_validator("eval_prompts", mode="before")
     @classmethod
