@@ -156,9 +156,12 @@ Loss = CrossEntropy | PolicyLoss | CustomLoss
 
 def policy_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
                 sampling_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                beta: float = 0.0, clip_epsilon: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, mean KL). Per token, with ratio ρ = exp(logp − logp_sampling) (logp_sampling = logp.detach() on
-    policy, so ρ = 1 in value and carries ∇logp):  −ρ·A  (PPO: −min(ρA, clip(ρ, 1±ε)·A))  + β·k3, where
+                beta: float = 0.0, clip_epsilon: float | None = None,
+                reduce: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mean KL), or per-sequence (loss, KL) with `reduce=False`.
+
+    Per token, with ratio ρ = exp(logp − logp_sampling) (logp_sampling = logp.detach() on policy, so ρ = 1 in
+    value and carries ∇logp):  −ρ·A  (PPO: −min(ρA, clip(ρ, 1±ε)·A))  + β·k3, where
     k3 = exp(ref − logp) − (ref − logp) − 1 is the unbiased non-negative KL estimator; averaged over each
     completion's tokens, then over completions (GRPO's sequence-mean form).
     """
@@ -172,9 +175,11 @@ def policy_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
     kl = torch.exp(delta) - delta - 1
     per_token = -surrogate + beta * kl
     lengths = mask_f.sum(dim=1).clamp(min=1)
-    loss = ((per_token * mask_f).sum(dim=1) / lengths).mean()
-    mean_kl = ((kl * mask_f).sum(dim=1) / lengths).mean()
-    return loss, mean_kl.detach()
+    per_sequence = (per_token * mask_f).sum(dim=1) / lengths
+    kl_per_sequence = (kl * mask_f).sum(dim=1) / lengths
+    if not reduce:
+        return per_sequence, kl_per_sequence.detach()
+    return per_sequence.mean(), kl_per_sequence.mean().detach()
 
 
 # ---- the engine -------------------------------------------------------------------------------------
@@ -195,6 +200,10 @@ class TrainingEngine(SamplingClient):
     """A trainable model (LoRA or full) that methods drive only through these calls."""
 
     name: str = "engine"
+    is_main: bool = True  # the one process that writes files (rank 0 of a multi-process engine)
+
+    def sync(self) -> None:
+        """Wait until every process of the engine reaches this point (no-op for one process)."""
 
     @abstractmethod
     def forward_backward(self, data: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardOutput]:

@@ -170,11 +170,14 @@ class TrainingSession:
         if self.root is None:
             return None
         final = self.root / f"step-{self.step:06d}"
-        with atomic_dir(final) as tmp:
-            self.engine.save_state(tmp)
-            (tmp / "state.json").write_text(json.dumps({"step": self.step, "extra": extra or {}}), encoding="utf-8")
-        for old in list_checkpoints(self.root.parent)[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.engine.is_main:  # one writer; the other processes of a multi-process engine wait for it
+            with atomic_dir(final) as tmp:
+                self.engine.save_state(tmp)
+                (tmp / "state.json").write_text(json.dumps({"step": self.step, "extra": extra or {}}),
+                                                encoding="utf-8")
+            for old in list_checkpoints(self.root.parent)[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.engine.sync()
         return final
 
     def restore(self) -> dict[str, Any] | None:
