@@ -42,8 +42,11 @@ def test_judge_separates_two_toy_authors_on_held_out_texts(pools):
 
 def test_validity_refuses_texts_the_judge_trained_on(pools):
     judge = AuthorshipJudge(embedder=None).fit(pools["train"][0], pools["train"][1])
-    with pytest.raises(PersonalignError, match="used in training"):
+    with pytest.raises(PersonalignError, match="trained on 1 of the"):
         judge.evaluate([pools["train"][0][0], *pools["heldout"][0]], pools["heldout"][1])
+    # a re-spaced, re-cased copy of a training text is still that text
+    with pytest.raises(PersonalignError, match="trained on 1 of the"):
+        judge.evaluate([" " + pools["train"][0][0].upper() + "\n", *pools["heldout"][0]], pools["heldout"][1])
     # Same judge, held-out texts only: accepted, and chance-level texts would give ~0.5, not this.
     assert judge.evaluate(pools["heldout"][0], pools["heldout"][1]).auc > 0.9
 

@@ -10,7 +10,14 @@ import re
 import pytest
 
 from personalign.backends.base import GenerationBackend
-from personalign.judges.llm import LLMJudge, parse_absolute, parse_relative, profile_rubric
+from personalign.judges.llm import (
+    RELATIVE_TEMPLATE,
+    RELATIVE_TEMPLATE_WITH_TIE,
+    LLMJudge,
+    parse_absolute,
+    parse_relative,
+    profile_rubric,
+)
 from personalign.judges.validate import agreement_metrics
 
 
@@ -63,18 +70,35 @@ def test_parse_absolute_keeps_the_feedback():
 @pytest.mark.parametrize(("text", "expected"), [
     ("Feedback: A is concise. [RESULT] A", "A"),
     ("Feedback: ... [RESULT] (B)", "B"),
-    ("[RESULT] Tie", "tie"),
     ("[RESULT] Response B", "B"),
     ("Response A is better because it is shorter.", "A"),
     ("Both have merits.", None),
 ])
 def test_parse_relative(text, expected):
-    assert parse_relative(text)[0] == expected
+    assert parse_relative(text)[0] == expected == parse_relative(text, ties=True)[0]
+
+
+def test_a_tie_answer_counts_only_when_ties_are_offered():
+    assert parse_relative("[RESULT] Tie")[0] is None  # outside the official A/B format: unparseable
+    assert parse_relative("[RESULT] Tie", ties=True)[0] == "tie"
+
+
+def test_default_prompt_is_the_official_ab_format_and_ties_are_opt_in():
+    official = LLMJudge(ScriptedBackend(content_judge))
+    official.compare_many(["q"], ["GOOD x"], ["GOOD y"])
+    assert official.backend.seen[0].startswith(RELATIVE_TEMPLATE.split("{instruction}")[0])
+    assert "[RESULT] (A or B)\"" in official.backend.seen[0] and "tie" not in official.backend.seen[0].lower()
+    # both GOOD: the scripted judge answers "tie", which the official format does not allow
+    assert official.compare_many(["q"], ["GOOD x"], ["GOOD y"])[0].winner is None
+    with_ties = LLMJudge(ScriptedBackend(content_judge), ties=True)
+    assert with_ties.compare_many(["q"], ["GOOD x"], ["GOOD y"])[0].winner == "tie"
+    assert "or tie" in with_ties.backend.seen[0] and with_ties.backend.seen[0].startswith(
+        RELATIVE_TEMPLATE_WITH_TIE.split("{instruction}")[0])
 
 
 def test_pairwise_asks_both_orders_and_maps_the_second_back():
     backend = ScriptedBackend(content_judge)
-    judge = LLMJudge(backend)
+    judge = LLMJudge(backend, ties=True)
     verdicts = judge.compare_many(["q", "q", "q"], ["GOOD one", "bad", "GOOD x"], ["bad", "GOOD two", "GOOD y"])
     assert [v.winner for v in verdicts] == ["A", "B", "tie"]
     assert [v.orders for v in verdicts] == [["A", "A"], ["B", "B"], ["tie", "tie"]]

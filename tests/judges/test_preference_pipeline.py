@@ -45,7 +45,10 @@ def test_build_preferences_samples_labels_saves_and_reuses(example_profile_path,
                               sampling=SamplingConfig(temperature=1.0, max_new_tokens=6, seed=0))
     run = RunDir(tmp_path / "prefs")
     pairs, report = build_preferences(profile, ModelConfig(), config, run, backend=tiny_backend)
-    assert report["prompts"] == 7 and report["candidates"] == 7
+    # training-side prompts only (5 demonstrations + 12 train_prompts): never an eval prompt
+    assert report["prompts"] == 17 and report["candidates"] == 17
+    evals = {p.prompt for p in profile.eval_prompts}
+    assert not evals & {p.prompt for p in pairs}
     demo_pairs = [p for p in pairs if p.source == "demonstration"]
     assert len(demo_pairs) == 5 and all(p.label == "A" for p in demo_pairs)
     assert report["pairs"] == len(pairs) == report["kept"] + 5

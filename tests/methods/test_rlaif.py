@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
+from personalign.backends.base import GenerationBackend
 from personalign.engines.base import policy_loss
 from personalign.errors import PersonalignError
 from personalign.methods.rlaif import (
+    RewardMix,
     RewardTerm,
     RLAIFConfig,
     RLAIFMethod,
@@ -126,7 +128,8 @@ def test_tiny_policy_learns_a_rule_reward(chat_tokenizer, tmp_path):
     model = _restricted_llama(chat_tokenizer, [HELLO, MAYA, chat_tokenizer.eos_token_id])
     backend = HFBackend(ModelConfig(device="cpu", dtype="fp32", batch_size=16), model=model, tokenizer=chat_tokenizer)
     profile = Profile(name="Maya Chen", task="greet", demonstrations=[{"prompt": "Say hi", "output": "hello Maya"}],
-                      constraints={"sign_off": "Maya"}, eval_prompts=["Greet Sam", "Greet Ana", "Greet Bo"])
+                      constraints={"sign_off": "Maya"}, train_prompts=["Greet Sam", "Greet Ana", "Greet Cy"],
+                      eval_prompts=["Greet Bo"])
     method = RLAIFMethod(backend, RLAIFConfig(
         # 10 new tokens: room to end on its own (a sample cut at the limit is not taught to stop there)
         reward="rules:1", max_steps=14, batch_size=3, group_size=6, lr=5e-2, beta=0.0, max_new_tokens=10,
@@ -147,8 +150,11 @@ def test_tiny_policy_learns_a_rule_reward(chat_tokenizer, tmp_path):
                 "seconds_reward", "seconds_optimization", "reward_rules"):
         assert key in row
     assert (run.path / "hacking.png").stat().st_size > 0
-    assert "heldout" not in row  # rules is optimized, so auto picks no held-out evaluator, and says so
-    assert "not checked" in run.read_json("rl_summary.json")["verdict"]
+    # rules is optimized, so the held-out monitor (on "Greet Cy", never trained on) uses similarity instead
+    evaluations = [r for r in run.metrics if "heldout" in r]
+    assert [r["step"] for r in evaluations] == [1, 7, 14]
+    assert all(r["heldout_evaluator"] == "similarity" for r in evaluations)
+    assert run.read_json("rl_summary.json")["heldout_evaluator"] == "similarity"
     assert (run.path / "adapter" / "adapter_config.json").is_file()
     assert (run.path / "method.json").is_file()
 
@@ -165,13 +171,30 @@ def test_token_logprobs_match_the_backend_scoring(tiny_backend):
     assert torch.allclose(sums, expected, atol=1e-4)
 
 
+class _FixedReference(GenerationBackend):
+    """The reference policy's sample for every prompt is one fixed text (so a verdict can be worked by hand)."""
+
+    name = "fixed"
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def generate(self, conversations, sampling, progress=False):
+        return [[self.text] * sampling.n for _ in conversations]
+
+    def logprobs(self, conversations, completions):  # pragma: no cover - not used
+        raise NotImplementedError
+
+
 def test_pairwise_and_length_rewards_heldout_evaluation_and_resume(chat_tokenizer, tmp_path):
     from personalign.backends.hf import HFBackend
-    from personalign.config import ModelConfig
+    from personalign.config import ModelConfig, SamplingConfig
+    from personalign.evaluation.hacking import build_heldout_evaluator
     from personalign.runs import RunDir
 
     profile = Profile(name="Maya Chen", task="greet", demonstrations=[{"prompt": "Say hi", "output": "hello Maya"}],
-                      constraints={"sign_off": "Maya", "max_words": 3}, eval_prompts=["Greet Sam", "Greet Ana"])
+                      constraints={"sign_off": "Maya", "max_words": 3}, train_prompts=["Greet Sam", "Greet Ana"],
+                      eval_prompts=["Greet Bo"])
     fields = dict(reward="length:1,pairwise:0.5", pairwise_judge="rules", max_steps=2, batch_size=1, group_size=3,
                   lr=1e-2, max_new_tokens=5, system_prompt=False, heldout_prompts=1, eval_every=1,
                   checkpoint_every=1, lora={"r": 2, "alpha": 4, "dropout": 0.0})
@@ -180,20 +203,54 @@ def test_pairwise_and_length_rewards_heldout_evaluation_and_resume(chat_tokenize
         model = _restricted_llama(chat_tokenizer, [HELLO, MAYA, chat_tokenizer.eos_token_id])
         return HFBackend(ModelConfig(device="cpu", dtype="fp32"), model=model, tokenizer=chat_tokenizer)
 
+    # 1. The reward terms by hand. Against the reference sample "hello Maya hello Maya" (signed off, but
+    # 4 > 3 words) the rules judge makes "hello Maya" (passes both checks) win, the reference itself tie,
+    # and six "hello"s (fail both) lose; swapping the A/B mapping gives [0, ½, 1].
+    reference = "hello Maya hello Maya"
+    mix = RewardMix([RewardTerm("length", 1.0), RewardTerm("pairwise", 0.5)], profile, _FixedReference(reference),
+                    lambda p: [{"role": "user", "content": p}], pairwise_judge="rules")
+    totals, parts = mix(["Say hi"] * 3, ["hello Maya", reference, "hello hello hello hello hello hello"])
+    assert parts["reward_pairwise"] == [1.0, 0.5, 0.0]
+    assert parts["reward_length"] == pytest.approx([0.0, -1 / 3, -1.0])  # −(words − 3) / 3 above the range
+    assert totals == pytest.approx([1.0 * 0.0 + 0.5 * 1.0, -1 / 3 + 0.5 * 0.5, -1.0 + 0.0])
+
+    # 2. Training with them: logged terms, the held-out monitor, resume.
     run = RunDir(tmp_path / "rl")
-    RLAIFMethod(backend(), RLAIFConfig(**fields)).fit(profile, run, progress=False)
+    method = RLAIFMethod(backend(), RLAIFConfig(**fields))
+    method.fit(profile, run, progress=False)
     rows = [r for r in run.metrics if r.get("phase") == "rlaif"]
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
-        assert 0.0 <= row["reward_pairwise"] <= 1.0 and -1.0 <= row["reward_length"] <= 0.0
-        assert row["heldout_evaluator"] == "rules" and 0.0 <= row["heldout"] <= 1.0  # rules is not optimized here
-        assert "eval_reward" in row
+        # the logged reward is the weighted sum of its logged terms (a dropped or re-weighted term breaks this)
+        assert row["reward"] == pytest.approx(row["reward_length"] + 0.5 * row["reward_pairwise"])
+        # length and pairwise-by-rules both optimize the rules score: the monitor must use another evaluator
+        assert row["heldout_evaluator"] == "similarity"
+    # the last evaluation is of the final policy: recompute it by hand on the monitor prompt
+    texts = [g[0] for g in method.generate(["Greet Ana"], SamplingConfig(temperature=0.0, max_new_tokens=5))]
+    assert rows[-1]["heldout"] == pytest.approx(build_heldout_evaluator("similarity", profile)(["Greet Ana"], texts))
     # resume: a longer run continues after step 2 instead of starting over
     RLAIFMethod(backend(), RLAIFConfig(**{**fields, "max_steps": 3, "resume": True})).fit(profile, run, progress=False)
     steps = [r["step"] for r in RunDir(run.path).metrics if r.get("phase") == "rlaif"]
     assert steps == [1, 2, 3]
     summary = RunDir(run.path).read_json("rl_summary.json")
-    assert summary["steps"] == 3 and summary["heldout_evaluator"] == "rules"
+    assert summary["steps"] == 3 and summary["heldout_evaluator"] == "similarity"
+
+
+def test_rlaif_trains_only_on_the_training_side_and_refuses_an_unmonitorable_reward(tiny_backend, tmp_path):
+    from personalign.runs import RunDir
+
+    profile = Profile(name="Maya Chen", task="greet", demonstrations=[{"prompt": "Say hi", "output": "hello Maya"}],
+                      train_prompts=["Greet Sam", "Greet Ana", "Greet Cy"], eval_prompts=["Greet Bo", "Greet Di"])
+    method = RLAIFMethod(tiny_backend, RLAIFConfig(heldout_prompts=2))
+    # the old split trained on eval prompts and monitored on the last of them
+    assert method.split_prompts(profile) == (["Say hi", "Greet Sam"], ["Greet Ana", "Greet Cy"])
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.yaml").write_text("labels: rules\npreference: {include_demonstrations: true}\n")
+    refused = RLAIFMethod(tiny_backend, RLAIFConfig(reward=f"rm:{rm}", max_steps=1))
+    with pytest.raises(PersonalignError, match="no held-out evaluator"):
+        refused.fit(profile, RunDir(tmp_path / "run"), progress=False)
+    assert not hasattr(tiny_backend.model, "peft_config")  # refused before the model was touched
 
 
 def test_personalize_cli_routes_rlaif_and_generate_reloads_it(chat_tokenizer, example_profile_path, tmp_path):

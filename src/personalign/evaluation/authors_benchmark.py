@@ -5,7 +5,8 @@ Per author: profile from the train demonstrations (`profiles.ditto_authors`), an
 on that author's pool vs other authors (its held-out AUC is printed every time), then each method is fitted
 and generates for the author's test prompts. Outputs carry their scores, so a rerun of the same run dir
 skips every (author, method) already done (resume). Device and model come from `ModelConfig`, so the same
-command runs on a GPU unchanged.
+command runs on a GPU unchanged. No method is scored on a test prompt or text it trained on, and no judge on
+a text it trained on (`personalign.splits`): either is refused with one line.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from personalign.methods.base import Personalizer, available_methods, build_pers
 from personalign.profiles.ditto_authors import author_ids, author_profile, authorship_pools
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir, seed_everything
+from personalign.splits import assert_disjoint
 
 BENCH_METHODS = ("base", "prompt", "prompt-rag", "sft", "ditto")
 QUICK_AUTHORS = (0, 1, 2)
@@ -194,6 +196,9 @@ def run_people(
         profile, judge, evaluators = prepare(author)
         eval_prompts = profile.eval_prompts[: cfg.n_prompts]
         assert judge.validity is not None
+        references = [p.reference for p in eval_prompts if p.reference]
+        # The judge scores generations against the author's held-out texts: it must never have trained on them.
+        assert_disjoint(judge.training_data, [], references, who=f"authorship judge of author {author}")
         say(judge.validity.line(f"author {author} judge"))
         if author not in logged_validity:
             run.log_metrics({"kind": "judge_validity", "author": author, **judge.validity.as_dict()})
@@ -204,6 +209,8 @@ def run_people(
             start = time.perf_counter()
             say(f"author {author}: {name} on {len(eval_prompts)} prompts")
             personalizer = _fit(name, cfg, profile, shared, run, author)
+            personalizer.assert_not_trained_on([p.prompt for p in eval_prompts], references,
+                                               who=f"method {name} (author {author})")
             samples = personalizer.generate([p.prompt for p in eval_prompts], sampling, progress=progress)
             rows = [
                 {"author": author, "prompt": p.prompt, "reference": p.reference, "method": name, "sample": i,

@@ -18,6 +18,7 @@ import numpy as np
 
 from personalign.backends.embedder import Embedder, get_embedder
 from personalign.errors import PersonalignError
+from personalign.splits import TrainingData, assert_disjoint
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class AuthorshipJudge:
         self.embedding_weight = embedding_weight
         self.model = None
         self.validity: JudgeValidity | None = None
-        self._train_keys: set[str] = set()
+        self.training_data = TrainingData()
 
     @property
     def embedder(self) -> Embedder | None:
@@ -106,7 +107,7 @@ class AuthorshipJudge:
             # The pipeline takes no sample_weight (its LR is class-balanced already); calibration uses them.
             warnings.simplefilter("ignore", UserWarning)
             self.model.fit(texts, y, sample_weight=weights)
-        self._train_keys = {t.strip() for t in texts}
+        self.training_data = TrainingData.of(texts=texts)
         self._n_train = (len(author_texts), len(other_texts))
         return self
 
@@ -122,12 +123,7 @@ class AuthorshipJudge:
         """ROC-AUC on held-out texts; refuses any text the judge was trained on (that would inflate it)."""
         from sklearn.metrics import roc_auc_score
 
-        leaked = [t for t in [*author_heldout, *other_heldout] if t.strip() in self._train_keys]
-        if leaked:
-            raise PersonalignError(
-                f"authorship judge: {len(leaked)} validity texts were used in training ({leaked[0][:60]!r}...); "
-                "validity must be measured on held-out texts only"
-            )
+        assert_disjoint(self.training_data, (), [*author_heldout, *other_heldout], who="authorship judge (validity)")
         if not author_heldout or not other_heldout:
             raise PersonalignError("authorship judge: validity needs held-out texts of the author and of others")
         y = [1] * len(author_heldout) + [0] * len(other_heldout)

@@ -2,6 +2,8 @@
 
 This is the core loop behind `personalign compare` and `personalign demo`. Outputs and metrics go
 into one run dir; a finished method's outputs are reused on a rerun of the same run dir (resume).
+No method or run is scored on a prompt it trained on or retrieved from (`personalign.splits`): a
+`--runs` dir that did, or that recorded no training data, is refused before anything is generated.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from personalign.methods.base import Personalizer
 from personalign.methods.spec import parse_spec, resolve_personalizer
 from personalign.profiles import Profile, load_profile
 from personalign.runs import RunDir, seed_everything
+from personalign.splits import assert_disjoint
 
 EXAMPLE_PROFILE = Path(__file__).resolve().parents[3] / "configs" / "profiles" / "example.yaml"
 
@@ -70,7 +73,9 @@ def run_comparison(
     if not prompts:
         raise PersonalignError(f"{config.profile}: field 'eval_prompts' is empty; add held-out prompts to compare on")
     for spec in [*config.runs, *config.methods]:
-        parse_spec(spec)  # a bad run dir or a typo'd method fails here, before any run dir or model exists
+        parsed = parse_spec(spec)  # a bad run dir or a typo'd method fails here, before any run dir or model exists
+        if parsed.run is not None:  # a trained run that saw an eval prompt is refused here too
+            assert_disjoint(parsed.run, prompts, who=f"run {parsed.run}")
     run = RunDir.open(config.out, command, config, resume=config.resume, name=config.name,
                       wandb_project=config.wandb)
     seed_everything(config.sampling.seed)
@@ -98,6 +103,7 @@ def run_comparison(
             personalizer = _fit_method(label, config, profile, shared, run)
             if personalizer.profile is None:
                 personalizer.profile = profile
+        personalizer.assert_not_trained_on(prompts, who=f"method {label}")
         if progress:
             from personalign.cli.common import console
 

@@ -1,9 +1,12 @@
 """LLM-as-judge through any generation backend, in the Prometheus absolute and relative grading formats.
 
-Pointwise: "Feedback: ... [RESULT] n" with n in 1..5. Pairwise: "... [RESULT] A|B|tie", asked in both
-orders (a, b) and (b, a) and combined (`judges.base.combine_orders`), so a judge that favours a position
-yields ties, and the share of pairs where the two orders disagree is its position-bias rate. Answers
-without a recognizable verdict are `None` (counted by callers), never guessed.
+Pointwise: "Feedback: ... [RESULT] n" with n in 1..5. Pairwise: Prometheus 2's official relative format,
+"... [RESULT] A|B" (`RELATIVE_TEMPLATE`); `ties=True` switches to a variant that also offers "tie"
+(`RELATIVE_TEMPLATE_WITH_TIE`), and only then is a "tie" answer accepted: under the official format it
+is outside the format and counts as unparseable. Each pair is asked in both orders (a, b) and (b, a) and
+combined (`judges.base.combine_orders`), so a judge that favours a position yields an order-disagreement
+tie in either format, and the share of such pairs is its position-bias rate. Answers without a
+recognizable verdict are `None` (counted by callers), never guessed.
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ An instruction, a response to evaluate, and a score rubric representing an evalu
 
 ###Feedback: """
 
+# Prometheus 2's relative-grading prompt (prometheus-eval `RELATIVE_PROMPT_WO_REF`), wording kept as
+# published (including its grammar): the judge models were trained on exactly this text.
 RELATIVE_TEMPLATE = """###Task Description:
-An instruction, two responses to evaluate (Response A and Response B), and a score rubric representing an \
-evaluation criterion are given.
-1. Write a short feedback comparing the two responses strictly based on the given score rubric.
-2. After the feedback, say which response is better: A or B, or tie if they are equally good.
-3. The output format should look as follows: "Feedback: (feedback comparing A and B) [RESULT] (A or B or tie)"
+An instruction (might include an Input inside it), a response to evaluate, and a score rubric representing a \
+evaluation criteria are given.
+1. Write a detailed feedback that assess the quality of two responses strictly based on the given score rubric, \
+not evaluating in general.
+2. After writing a feedback, choose a better response between Response A and Response B. You should refer to the \
+score rubric.
+3. The output format should look as follows: "(write a feedback for criteria) [RESULT] (A or B)"
 4. Please do not generate any other opening, closing, and explanations.
 
 ###Instruction:
@@ -55,6 +62,12 @@ evaluation criterion are given.
 {rubric}
 
 ###Feedback: """
+
+# personalign's variant with a tie option (`LLMJudge(ties=True)`); not a format Prometheus was trained on.
+RELATIVE_TEMPLATE_WITH_TIE = RELATIVE_TEMPLATE.replace(
+    "choose a better response between Response A and Response B.",
+    "choose a better response between Response A and Response B, or tie if they are equally good.",
+).replace("[RESULT] (A or B)", "[RESULT] (A or B or tie)")
 
 # Used when neither a profile nor the data item supplies a rubric (general-purpose validation sets).
 GENERIC_RUBRIC = """[Does the response follow the instruction and help the user accurately, honestly and harmlessly?]
@@ -95,14 +108,19 @@ def parse_absolute(text: str) -> tuple[int | None, str]:
     return (int(matches[-1]) if matches else None), feedback
 
 
-def parse_relative(text: str) -> tuple[Label | None, str]:
-    """(A | B | tie | None, feedback). Explicit "[RESULT] X" first, then "Response X is better"."""
+def parse_relative(text: str, ties: bool = False) -> tuple[Label | None, str]:
+    """(A | B | tie | None, feedback). Explicit "[RESULT] X" first, then "Response X is better".
+
+    A "tie" answer is a verdict only with `ties=True` (the format offered it); otherwise it is None.
+    """
     matches = _RESULT_LABEL.findall(text) or _FALLBACK_LABEL.findall(text)
     feedback = re.split(r"\[\s*RESULT\s*\]", text, flags=re.IGNORECASE)[0]
     feedback = re.sub(r"^\s*feedback\s*:\s*", "", feedback, flags=re.IGNORECASE).strip()
     if not matches:
         return None, feedback
     token = matches[-1]
+    if token.lower() == "tie" and not ties:
+        return None, feedback
     label: Label = "tie" if token.lower() == "tie" else ("A" if token.upper() == "A" else "B")
     return label, feedback
 
@@ -118,8 +136,10 @@ class LLMJudge(Judge):
     order_sensitive = True
 
     def __init__(self, backend: GenerationBackend, max_new_tokens: int = 128, max_chars: int = 2000,
-                 progress: bool = False):
+                 progress: bool = False, ties: bool = False):
         self.backend = backend
+        self.ties = ties  # offer "tie" in the pairwise prompt (off: Prometheus' official A/B format)
+        self.relative_template = RELATIVE_TEMPLATE_WITH_TIE if ties else RELATIVE_TEMPLATE
         self.sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
         self.max_chars = max_chars  # long items are clipped: small judges lose the format on long inputs
         self.progress = progress
@@ -158,16 +178,18 @@ class LLMJudge(Judge):
         rubrics = rubrics or [None] * n
 
         def render(p: str, x: str, y: str, r: str | None) -> str:
-            return RELATIVE_TEMPLATE.format(instruction=_clip(p, self.max_chars), response_a=_clip(x, self.max_chars),
-                                            response_b=_clip(y, self.max_chars), rubric=self._rubric(profile, r))
+            return self.relative_template.format(
+                instruction=_clip(p, self.max_chars), response_a=_clip(x, self.max_chars),
+                response_b=_clip(y, self.max_chars), rubric=self._rubric(profile, r),
+            )
 
         forward = [render(p, x, y, r) for p, x, y, r in zip(prompts, a, b, rubrics, strict=True)]
         backward = [render(p, y, x, r) for p, x, y, r in zip(prompts, a, b, rubrics, strict=True)]
         replies = self._ask(forward + backward)
         verdicts = []
         for i in range(n):
-            first, feedback = parse_relative(replies[i])
-            second_raw, _ = parse_relative(replies[n + i])
+            first, feedback = parse_relative(replies[i], self.ties)
+            second_raw, _ = parse_relative(replies[n + i], self.ties)
             second = swap_label(second_raw)  # the backward ask named b "A"; map back to the caller's names
             verdicts.append(Verdict(combine_orders(first, second), [first, second], feedback))
         return verdicts

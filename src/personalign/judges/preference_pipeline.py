@@ -1,11 +1,13 @@
 """Rubric preference pipeline: sample output pairs for a profile's prompts, label them with a judge, train an RM.
 
 The assignment's `rubric_preference_env`: the policy (a prompting method over the base model, so the
-samples look like what RL will see) answers every profile prompt twice; the `rules` judge, the `llm`
+samples look like what RL will see) answers every training-side profile prompt (demonstrations and
+`train_prompts`; never an eval prompt, see `personalign.splits`) twice; the `rules` judge, the `llm`
 judge, or `mix` (rules first, the LLM only where rules tie) picks the better answer; ties and
 unparseable verdicts are dropped and counted. The profile's demonstrations join as pairs
 (demonstration ≻ sample) when `include_demonstrations` is on. The labeled pairs are saved as
-`preferences.jsonl`, so a resumed run reuses them instead of sampling again.
+`preferences.jsonl`, so a resumed run reuses them instead of sampling again. The reward model's held-out
+split is by prompt (`judges.reward_model.split_pairs`): pairs of one prompt never straddle it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from personalign.judges.base import Judge, RulesJudge, Verdict
 from personalign.judges.labeled_sets import LabeledPair
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir
+from personalign.splits import normalize, training_prompts
 
 PREFERENCES_FILE = "preferences.jsonl"
 
@@ -102,7 +105,7 @@ def build_preferences(
     if resume and saved is not None and saved.is_file():
         rows = read_jsonl(saved)
         return [LabeledPair(**row) for row in rows], {"reused": str(saved), "kept": len(rows)}
-    prompts = list(dict.fromkeys([d.prompt for d in profile.demonstrations] + [p.prompt for p in profile.eval_prompts]))
+    prompts = training_prompts(profile)
     backend = backend or build_backend(policy)
     sampler = build_personalizer(config.sampler, backend)
     sampler.fit(profile)
@@ -113,9 +116,10 @@ def build_preferences(
     judge_backend = build_backend(config.judge_model) if config.judge_model else backend
     pairs, counts = label_pairs(build_judge(config.labels, judge_backend), profile, candidates)
     if config.include_demonstrations:
-        by_prompt = dict(zip(prompts, samples, strict=True))
+        by_prompt = {normalize(p): outs for p, outs in zip(prompts, samples, strict=True)}
         for demo in profile.demonstrations:
-            pairs.append(LabeledPair(demo.prompt, demo.output, by_prompt[demo.prompt][0], "A", source="demonstration"))
+            pairs.append(LabeledPair(demo.prompt, demo.output, by_prompt[normalize(demo.prompt)][0], "A",
+                                     source="demonstration"))
     if not pairs:
         raise PersonalignError(
             f"no usable preference pairs ({counts}); use --labels rules, more --pairs-per-prompt, or a labeled FILE"

@@ -11,8 +11,6 @@ steps, and `resume=True` continues from the last one.
 from __future__ import annotations
 
 import json
-import math
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +24,7 @@ from personalign.judges.base import Judge, JudgeScore
 from personalign.judges.labeled_sets import LabeledPair
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir
+from personalign.splits import TrainingData, group_split, write_training_data
 
 RM_FILE = "reward_model.json"
 MODEL_DIR = "reward_model"
@@ -200,11 +199,11 @@ class RMJudge(Judge):
 
 
 def split_pairs(pairs: Sequence[LabeledPair], heldout_fraction: float, seed: int) -> tuple[list, list]:
-    """Non-tie pairs, shuffled with `seed`, split into (train, held-out)."""
+    """Non-tie pairs split into (train, held-out) by prompt (`splits.group_split`): two pairs of one prompt
+    never straddle the two sides, so held-out accuracy is measured on prompts the RM never saw."""
     usable = [p for p in pairs if p.label != "tie"]
-    random.Random(seed).shuffle(usable)
-    n_held = math.ceil(len(usable) * heldout_fraction) if heldout_fraction > 0 and len(usable) > 1 else 0
-    return usable[n_held:], usable[:n_held]
+    train_idx, held_idx = group_split([p.prompt for p in usable], heldout_fraction, seed)
+    return [usable[i] for i in train_idx], [usable[i] for i in held_idx]
 
 
 def heldout_loss(rm: RewardModel, pairs: Sequence[LabeledPair]) -> float:
@@ -324,5 +323,7 @@ def train_reward_model(
         "resumed_from": last,
     }
     run_dir.write_json(RM_FILE, summary)
+    write_training_data(run_dir.path, TrainingData.of([p.prompt for p in train],
+                                                      [t for p in train for t in p.chosen_rejected() or ()]))
     run_dir.log_metrics({"final_heldout_accuracy": after}, step=output.global_step)
     return rm, summary

@@ -2,7 +2,10 @@
 
 Contract: `fit(profile, run_dir)` may read the profile and write artifacts into the run dir (adapters,
 synthetic data, checkpoints); `generate(prompts, sampling)` returns n samples per prompt. A trained
-method saves `method.json` in its run dir so `load_personalizer(run_dir)` can rebuild it later.
+method saves `method.json` in its run dir so `load_personalizer(run_dir)` can rebuild it later. Every
+method that learns from or retrieves data calls `record_training` before it trains; the record is checked
+against the eval prompts at once and saved beside `method.json` (`personalign.splits`), so a run can
+never be scored on what it trained on.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ from personalign.errors import PersonalignError
 from personalign.io import atomic_write_json
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir
+from personalign.splits import (
+    LeakageError,
+    TrainingData,
+    assert_disjoint,
+    read_training_data,
+    write_training_data,
+)
 
 METHOD_FILE = "method.json"
 
@@ -39,6 +49,7 @@ class Personalizer(ABC):
         self.backend = backend
         self.config = config if config is not None else self.config_class()
         self.profile: Profile | None = None
+        self.training_data: TrainingData | None = None
 
     @classmethod
     def quick_overrides(cls) -> dict[str, Any]:
@@ -49,6 +60,25 @@ class Personalizer(ABC):
         """Prepare for `profile`; the untrained methods only remember it."""
         self.profile = profile
 
+    def record_training(self, prompts: Sequence[str] = (), texts: Sequence[str] = (),
+                        also: TrainingData | None = None) -> TrainingData:
+        """Record the prompts and texts this method trains on or retrieves from (`also`: e.g. a reward
+        model's own training data); refuses at once, before any training, when one is a held-out eval item."""
+        self.training_data = TrainingData.of(prompts, texts).union(also).union(self.training_data)
+        if self.profile is not None:
+            assert_disjoint(self.training_data, [p.prompt for p in self.profile.eval_prompts],
+                            [p.reference for p in self.profile.eval_prompts if p.reference], who=f"method {self.name}")
+        return self.training_data
+
+    def assert_not_trained_on(self, prompts: Sequence[str], texts: Sequence[str] = (), who: str | None = None) -> None:
+        """Refuse (one line) to score this method on eval items it trained on or retrieves from; a trained
+        method that recorded nothing is refused too (nothing shows it is clean)."""
+        who = who or f"method {self.name}"
+        if self.trainable and self.training_data is None:
+            raise LeakageError(f"{who}: trained without recording its training data (record_training), so "
+                               "nothing shows it never saw the eval prompts; record it in fit()")
+        assert_disjoint(self.training_data, prompts, texts, who=who)
+
     def conversation(self, prompt: str) -> Conversation:
         """The chat sent to the backend for one user prompt (methods add system prompts, few-shot turns)."""
         return [{"role": "user", "content": prompt}]
@@ -58,7 +88,10 @@ class Personalizer(ABC):
 
     # ---- persistence for trained methods ------------------------------------------------------
     def save_manifest(self, run_dir: RunDir, model: ModelConfig, adapter: str | None = None, **extra: Any) -> None:
-        """Record what `load_personalizer` needs: the method, its config, the base model and adapter."""
+        """Record what `load_personalizer` needs (the method, its config, the base model and adapter), and
+        beside it the fingerprints of what it trained on (`training_data.json`)."""
+        if self.training_data is not None:
+            write_training_data(run_dir.path, self.training_data)
         atomic_write_json(
             run_dir.path / METHOD_FILE,
             {
@@ -145,4 +178,5 @@ def load_personalizer(
     personalizer = method_class(manifest["method"])((backend_factory or build_backend)(model), method_config)
     if manifest.get("profile"):
         personalizer.profile = Profile.model_validate(manifest["profile"])
+    personalizer.training_data = read_training_data(run_dir)
     return personalizer

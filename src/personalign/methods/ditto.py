@@ -166,6 +166,7 @@ class DittoMethod(Personalizer):
             raise ProfileError(f"profile {profile.name!r}: field 'demonstrations' is empty; DITTO needs demonstrations")
         seed_everything(cfg.seed)
         demos = profile.demonstrations
+        self.record_training([d.prompt for d in demos], [d.output for d in demos])
         convs = [self.conversation(d.prompt) for d in demos]
         engine = create_engine(self, cfg.lora)
         renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from personalign.methods.training import (
 )
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir, seed_everything
+from personalign.splits import read_training_data
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -78,6 +79,11 @@ class DPOMethod(Personalizer):
         if not cfg.pairs:
             raise PersonalignError("method 'dpo': no pair file; pass --pairs PATH (JSONL of prompt, chosen, rejected)")
         rows = load_pairs(cfg.pairs)
+        # A DPO that starts from an SFT adapter carries that run's training data too.
+        start_from = Path(cfg.init_adapter) if cfg.init_adapter else None
+        inherited = (read_training_data(start_from) or read_training_data(start_from.parent)) if start_from else None
+        self.record_training([r["prompt"] for r in rows], [t for r in rows for t in (r["chosen"], r["rejected"])],
+                             also=inherited)
         seed_everything(cfg.seed)
         engine = create_engine(self, cfg.lora, cfg.init_adapter)
         renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]

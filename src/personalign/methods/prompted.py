@@ -18,6 +18,7 @@ from personalign.methods.prompting import PromptConfig, PromptMethod
 from personalign.methods.sft import SFTConfig, SFTMethod
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir
+from personalign.splits import TrainingData
 
 
 def prompted_conversation(personalizer: Personalizer, config: PromptConfig, prompt: str) -> Conversation:
@@ -74,6 +75,11 @@ class PromptedRun(Personalizer):
         super().__init__(inner.backend, config or PromptConfig())
         self.inner = inner
         self.profile = inner.profile
+        # What a scorer must check: the run's training data plus the demonstrations its prompt shows.
+        if inner.training_data is not None and inner.profile is not None:
+            demos = inner.profile.demonstrations
+            self.training_data = inner.training_data.union(
+                TrainingData.of([d.prompt for d in demos], [d.output for d in demos]))
 
     def conversation(self, prompt: str) -> Conversation:
         return prompted_conversation(self, self.config, prompt)  # type: ignore[arg-type]

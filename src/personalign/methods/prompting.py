@@ -2,6 +2,8 @@
 
 `prompt` puts the task, the rules (written and machine-checkable) and k demonstrations into the chat;
 `prompt-rag` picks, for each input, the k demonstrations whose prompts are nearest by embedding.
+The retrieval pool is the demonstrations only: eval prompts are held out by construction, and the
+pool is recorded (`record_training`) so a scorer can check it never holds an eval item.
 Demonstrations go in as earlier user/assistant turns: small chat models imitate prior turns far
 more reliably than examples pasted into a system prompt.
 """
@@ -75,10 +77,19 @@ class PromptMethod(Personalizer):
     config_class: ClassVar[type[MethodConfig]] = PromptConfig
     config: PromptConfig
 
-    def demonstrations_for(self, prompt: str) -> list[Demonstration]:
+    def fit(self, profile: Profile, run_dir: RunDir | None = None) -> None:
+        super().fit(profile, run_dir)
+        demos = self.pool()
+        self.record_training([d.prompt for d in demos], [d.output for d in demos])
+
+    def pool(self) -> list[Demonstration]:
+        """The demonstrations this method may put in context (`prompt`: the first k; `prompt-rag`: all)."""
         assert self.profile is not None, "call fit(profile) first"
         demos = self.profile.demonstrations
         return demos if self.config.k is None else demos[: self.config.k]
+
+    def demonstrations_for(self, prompt: str) -> list[Demonstration]:
+        return self.pool()
 
     def conversation(self, prompt: str) -> Conversation:
         if self.profile is None:
@@ -104,12 +115,16 @@ class RetrievalPromptMethod(PromptMethod):
 
         super().fit(profile, run_dir)
         self._embedder = get_embedder(self.config.embedder)
-        self._demo_vectors = self._embedder.encode([d.prompt for d in profile.demonstrations])
+        self._demo_vectors = self._embedder.encode([d.prompt for d in self.pool()])
+
+    def pool(self) -> list[Demonstration]:
+        assert self.profile is not None, "call fit(profile) first"
+        return list(self.profile.demonstrations)
 
     def demonstrations_for(self, prompt: str) -> list[Demonstration]:
         assert self.profile is not None
         query = self._embedder.encode([prompt])[0]
-        return nearest_demonstrations(query, self._demo_vectors, self.profile.demonstrations, self.config.k or 1)
+        return nearest_demonstrations(query, self._demo_vectors, self.pool(), self.config.k or 1)
 
 
 def nearest_demonstrations(

@@ -139,10 +139,14 @@ class RLAIFConfig(MethodConfig, TrainConfig):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     system_prompt: bool = Field(True, description="put the profile's rules in a system prompt (as `prompt` does)")
-    heldout: str = Field("auto", description="evaluator that is NOT optimized: auto | rules | rm:RUN_DIR | none")
-    heldout_prompts: int = Field(4, ge=0, description="last K eval prompts kept out of training for evaluation")
+    heldout: str = Field("auto", description="evaluator sharing no signal with the reward: auto | rules | "
+                         "similarity | rm:RUN_DIR | none (evaluation.hacking refuses one the reward touches)")
+    heldout_prompts: int = Field(
+        8, ge=0, description="last K training-side prompts (demonstrations, train_prompts) kept out of the "
+        "gradient for the hacking monitor; eval prompts are never used"
+    )
     eval_every: int = Field(5, ge=1, description="steps between held-out evaluations")
-    window: int = Field(3, ge=1, description="consecutive diverging evaluations that flag reward hacking")
+    window: int = Field(5, ge=3, description="fewest evaluations in a trend segment that can flag reward hacking")
     pairwise_judge: Literal["llm", "rules"] = Field("llm", description="judge of the pairwise reward term")
 
     @field_validator("reward")
@@ -273,34 +277,36 @@ class RLAIFMethod(Personalizer):
         return [{"role": "user", "content": prompt}]
 
     def split_prompts(self, profile: Profile) -> tuple[list[str], list[str]]:
-        """(training prompts, held-out prompts): demonstrations' and eval prompts, the last K eval prompts held out."""
-        evals = [p.prompt for p in profile.eval_prompts]
-        k = min(self.config.heldout_prompts, max(0, len(evals) - 1))
-        held = evals[len(evals) - k :] if k else []
-        train = list(dict.fromkeys([d.prompt for d in profile.demonstrations] + evals[: len(evals) - k]))
+        """(training prompts, monitor prompts), both from the training side (demonstrations, `train_prompts`):
+        the last K are kept out of the gradient for the hacking monitor. Eval prompts are never used."""
+        from personalign.splits import training_prompts
+
+        pool = training_prompts(profile)
+        k = min(self.config.heldout_prompts, max(0, len(pool) - 1))
+        train, held = pool[: len(pool) - k], pool[len(pool) - k :]
         if not train:
-            raise ProfileError(f"profile {profile.name!r}: no prompts to train on; add demonstrations or eval_prompts")
+            raise ProfileError(f"profile {profile.name!r}: no prompts to train on; add demonstrations or train_prompts")
         return train, held
 
-    def _heldout_evaluator(self, terms: Sequence[RewardTerm]) -> tuple[str, Evaluator] | None:
-        choice = self.config.heldout
-        optimized = {t.kind for t in terms}
-        if choice == "auto":
-            choice = "rules" if "rules" not in optimized else "none"
-        if choice == "none":
-            return None
+    def _heldout_evaluator(self, terms: Sequence[RewardTerm], build: bool = True) -> tuple[str, Evaluator] | None:
+        """An evaluator sharing no signal with the reward (`evaluation.hacking.select_heldout_evaluator`);
+        the choice is always checked, the evaluator only built when there are monitor prompts (`build`)."""
+        from personalign.evaluation.hacking import build_heldout_evaluator, select_heldout_evaluator
+
+        name = select_heldout_evaluator(terms, self.config.heldout, self.config.pairwise_judge)
         assert self.profile is not None
-        constraints = self.profile.constraints
-        if choice == "rules":
-            from personalign.judges.rules import rule_score
+        return (name, build_heldout_evaluator(name, self.profile)) if name and build else None
 
-            return "rules", lambda prompts, texts: _mean([rule_score(t, constraints) for t in texts])
-        if choice.startswith("rm:"):
-            from personalign.judges.reward_model import RewardModel
+    @staticmethod
+    def _reward_training_data(terms: Sequence[RewardTerm]) -> Any:
+        """A reward model's own training data counts as this run's: optimizing it optimizes toward them."""
+        from personalign.splits import TrainingData, read_training_data
 
-            rm = RewardModel.load(choice[3:])
-            return choice, lambda prompts, texts: _mean(rm.score(prompts, texts))
-        raise PersonalignError(f"heldout {self.config.heldout!r}: use auto, rules, rm:RUN_DIR or none")
+        data = TrainingData()
+        for term in terms:
+            if term.kind == "rm" and term.path:
+                data = data.union(read_training_data(term.path))
+        return data
 
     def fit(self, profile: Profile, run_dir: RunDir | None = None, progress: bool = True) -> None:
         super().fit(profile, run_dir)
@@ -308,13 +314,14 @@ class RLAIFMethod(Personalizer):
         seed_everything(cfg.seed)
         terms = parse_reward_spec(cfg.reward)
         train_prompts, held_prompts = self.split_prompts(profile)
+        self.record_training([*train_prompts, *held_prompts], also=self._reward_training_data(terms))
+        evaluator = self._heldout_evaluator(terms, build=bool(held_prompts))  # refuses before any model change
         run = run_dir or RunDir(tempfile.mkdtemp(prefix="rlaif-"))
         self.engine = engine = create_engine(self, cfg.lora)
         self.renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]
         self.ref = engine.snapshot()  # π_ref = the starting weights, frozen before any step (and any resume)
         reward = RewardMix(terms, profile, _ReferenceBackend(self.ref, self.renderer), self.conversation,
                            cfg.pairwise_judge, cfg.seed, cfg.max_new_tokens)
-        evaluator = self._heldout_evaluator(terms)
         session = TrainingSession(engine, cfg, run.path if run_dir is not None else None)
         if cfg.resume:
             session.restore()
@@ -400,7 +407,8 @@ class RLAIFMethod(Personalizer):
         records = _last_per_step([r for r in run.metrics if r.get("phase") == "rlaif"])
         divergence = detect_divergence(records, window=self.config.window, reward_key="eval_reward")
         if evaluator is None:
-            verdict = "no held-out evaluator (the optimized reward includes rules); hacking not checked"
+            verdict = ("hacking not checked: no monitor prompts (add train_prompts)" if self.config.heldout != "none"
+                       else "hacking not checked (heldout none)")
         elif divergence is None:
             verdict = f"no reward hacking detected: {evaluator} held-out score did not fall while the reward rose"
         else:

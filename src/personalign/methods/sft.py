@@ -181,6 +181,7 @@ class SFTMethod(Personalizer):
         super().fit(profile, run_dir)
         seed_everything(self.config.seed)
         rows = self.training_rows(profile, run_dir)
+        self.record_training([r["prompt"] for r in rows], [r["output"] for r in rows])
         engine = create_engine(self, self.config.lora)
         renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]
         pairs = [truncate_pair(renderer.prompt_completion_ids(self.conversation(r["prompt"]), r["output"]),

@@ -42,6 +42,7 @@ from personalign.judges.rules import (
     looks_truncated,
 )
 from personalign.profiles.schema import Profile
+from personalign.splits import near_duplicates_of
 
 SYNTHETIC_FILE = "synthetic.jsonl"
 REPORT_FILE = "synthetic_report.json"
@@ -388,6 +389,11 @@ def generate_synthetic(
                 prompts[i] = cleaned
             else:
                 repaired["prompt_fallback_structured"] += 1
+    # Held out by construction: a prompt near (embedding cosine) an eval prompt would train on it (splits).
+    evals = [e.prompt for e in profile.eval_prompts]
+    near_eval = {p for p, dup in zip(prompts, near_duplicates_of(
+        prompts, evals, get_embedder(config.embedder) if prompts and evals else None, config.dedup_threshold),
+        strict=True) if dup}
 
     writer = PromptMethod(teacher, PromptMethod.config_class(k=config.fewshot_k))
     writer.fit(profile)
@@ -397,6 +403,9 @@ def generate_synthetic(
 
     passing: list[dict[str, Any]] = []
     for spec, prompt, samples in zip(specs, prompts, outputs, strict=True):
+        if prompt in near_eval:
+            rejected["near_eval_prompt"] += 1
+            continue
         text, applied, failures = _choose(samples, profile, config)
         if text is None:
             rejected[f"check:{failures[0]}"] += 1  # counted once, under the first failing check of the best sample

@@ -28,6 +28,8 @@ def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
             problems.append((loc, f"field '{loc}' is not a profile field; remove it or fix its spelling"))
         elif err["type"] == "missing":
             problems.append((loc, f"field '{loc}' is missing; {_FIXES.get(top, 'add it')}"))
+        elif err["type"] == "value_error" and not err["loc"]:  # a whole-profile check (e.g. eval prompts held out)
+            problems.append((loc, err["msg"].removeprefix("Value error, ")))
         elif err["type"] == "too_short" and top == "demonstrations":
             problems.append((loc, f"field '{loc}' is empty; {_FIXES['demonstrations']}"))
         else:

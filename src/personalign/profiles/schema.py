@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from personalign.splits import normalize
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -66,10 +68,44 @@ class Profile(_Strict):
     rules: list[str] = Field(default_factory=list)
     constraints: Constraints = Field(default_factory=Constraints)
     rubric: Rubric = Field(default_factory=Rubric)
-    eval_prompts: list[EvalPrompt] = Field(default_factory=list)
+    train_prompts: list[str] = Field(
+        default_factory=list,
+        description="extra prompts without answers that methods may train on (RLAIF, preference pairs); "
+        "never an eval prompt",
+    )
+    eval_prompts: list[EvalPrompt] = Field(
+        default_factory=list, description="held out by construction: never trained on, retrieved or judged from"
+    )
     accept_failing_demonstrations: bool = Field(
         False, description="keep demonstrations that break the profile's own constraints (loading refuses them "
         "otherwise: a method would learn the opposite of what the constraints score)")
+
+    @field_validator("train_prompts")
+    @classmethod
+    def _non_empty_train_prompts(cls, value: list[str]) -> list[str]:
+        for i, prompt in enumerate(value):
+            if not prompt.strip():
+                raise ValueError(f"train_prompts[{i}] is empty; remove it or write the prompt")
+        return value
+
+    @model_validator(mode="after")
+    def _eval_prompts_held_out(self) -> Profile:
+        # Held out by construction: an eval prompt that is also a training prompt would be scored on
+        # what a method trained on (see personalign.splits).
+        training = {normalize(d.prompt) for d in self.demonstrations} | {normalize(p) for p in self.train_prompts}
+        texts = {normalize(d.output) for d in self.demonstrations}
+        for i, item in enumerate(self.eval_prompts):
+            if normalize(item.prompt) in training:
+                raise ValueError(
+                    f"eval_prompts[{i}] ({item.prompt[:60]!r}) is also a demonstration or train prompt; eval prompts "
+                    "must be held out, so remove it from one of the two lists"
+                )
+            if item.reference is not None and normalize(item.reference) in texts:
+                raise ValueError(
+                    f"eval_prompts[{i}].reference is also a demonstration's output; held-out references must not "
+                    "be trained on, so remove one of them"
+                )
+        return self
 
     @field_validator("eval_prompts", mode="before")
     @classmethod
