@@ -14,7 +14,7 @@ import yaml
 from conftest import make_tiny_llama
 
 
-def invoke(*args: str) -> None:
+def invoke(*args: str):
     """Run a command in-process (no interpreter start-up); success paths only."""
     from typer.testing import CliRunner
 
@@ -22,6 +22,7 @@ def invoke(*args: str) -> None:
 
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 0, (result.output, result.exception)
+    return result
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -90,7 +91,8 @@ def test_personalize_then_generate_resume_and_compare(trained_run, tmp_path):
 
     # --resume on a finished run (saved settings: the tiny model, 2 steps) trains no further step.
     steps_before = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    invoke("personalize", "--profile", str(profile), "--method", "sft", "--out", str(run), "--resume")
+    resumed = invoke("personalize", "--out", str(run), "--resume")  # its saved settings apply
+    assert "finished training earlier; steps already done are skipped" in resumed.stderr
     steps_after = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps_after == steps_before
 

@@ -141,3 +141,15 @@ def test_demonstrations_that_break_the_profiles_constraints_are_refused(tmp_path
     from personalign.profiles import load_profile
 
     assert len(load_profile(profile).demonstrations) == 3  # accepted knowingly
+
+
+def test_misspelt_profile_fields_get_the_closest_name(tmp_path):
+    profile = tmp_path / "typo.yaml"
+    profile.write_text(yaml.safe_dump({**TOY, "constraints": {"signoff": "Cheers,\nZed"}}))
+    result = run("generate", "--profile", str(profile), "--method", "prompt", "--prompt", "Hi.")
+    assert result.exit_code == 2 and "did you mean `constraints.sign_off`?" in result.stderr
+
+
+def test_generate_refuses_options_a_run_dir_decides(tmp_path):
+    result = run("generate", "--run", str(tmp_path), "--method", "prompt", "--prompt", "Hi.")
+    assert result.exit_code == 2 and "--method: not used with --run" in result.stderr

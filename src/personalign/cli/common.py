@@ -261,9 +261,13 @@ def resolve_run_config(
     from personalign.io import read_yaml
     from personalign.runs import check_run_target, latest_run, settings_diff
 
-    cfg = resolve_config(cls, config_file, overrides, defaults=defaults, flags=flags)
-    out = getattr(cfg, "out", None)
-    if getattr(cfg, "resume", False):
+    # Where and whether to resume are read first: a resumed run's required settings come from its saved config.
+    raw = read_yaml(config_file) if config_file else None
+    raw = raw if isinstance(raw, dict) else {}
+    resume = overrides.get("resume")
+    resume = bool(raw.get("resume", (defaults or {}).get("resume", False))) if resume is None else resume
+    out = overrides.get("out") or raw.get("out") or (defaults or {}).get("out")
+    if resume:
         if not out:
             found = latest_run(command)
             if found is None:
@@ -276,13 +280,17 @@ def resolve_run_config(
         saved = read_yaml(saved_file) if saved_file.is_file() else {}
         cfg = resolve_config(cls, config_file, overrides, defaults=saved, flags=flags)
         differ = settings_diff(saved, cfg.model_dump(mode="json"))
+        if not saved_file.is_file():
+            differ = []  # nothing saved to compare with (interrupted before its config was written)
         if differ:
             named = ", ".join(f"{flag_name(d, flags)} ({_short(flatten(saved).get(d))} → "
                               f"{_short(flatten(cfg.model_dump(mode='json')).get(d))})" for d in differ)
             raise PersonalignError(f"--resume {out}: settings differ from the run it resumes: {named}; drop them "
                                    "to resume with its settings, or choose a new --out")
-    elif out:
-        check_run_target(Path(out), command, False)
+    else:
+        cfg = resolve_config(cls, config_file, overrides, defaults=defaults, flags=flags)
+        if cfg_out := getattr(cfg, "out", None):
+            check_run_target(Path(cfg_out), command, False)
     model = getattr(cfg, "model", None)
     check_device(getattr(model, "device", None))
     project = getattr(cfg, "wandb", None)

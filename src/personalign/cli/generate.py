@@ -17,8 +17,11 @@ from personalign.cli.common import (
     OutOpt,
     ResumeOpt,
     TempOpt,
+    check_device,
     console,
     err_console,
+    given_fields,
+    refuse_unused,
     resolve_run_config,
     split_csv,
     takes_config,
@@ -57,14 +60,15 @@ def generate(
     """Print one personalized completion for PROMPT."""
     from personalign.methods.spec import resolve_personalizer
 
-    cfg = resolve_config(
-        GenerateConfig, config,
-        {"prompt": prompt, "profile": str(profile) if profile else None, "method": method,
-         "run": str(run) if run else None, "model.model": model, "model.dtype": dtype, "model.device": device,
-         "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature, "sampling.seed": seed},
-    )
-    if cfg.run and model:
-        raise PersonalignError("--model cannot be combined with --run: the run dir names its own model")
+    overrides = {
+        "prompt": prompt, "profile": str(profile) if profile else None, "method": method,
+        "run": str(run) if run else None, "model.model": model, "model.dtype": dtype, "model.device": device,
+        "sampling.max_new_tokens": max_new_tokens, "sampling.temperature": temperature, "sampling.seed": seed}
+    cfg = resolve_config(GenerateConfig, config, overrides)
+    check_device(cfg.model.device)
+    if cfg.run:  # the run dir names its method, model and method config
+        refuse_unused(given_fields(config, overrides), {"method": "--method", "model.model": "--model",
+                                                        "method_config": "method_config"}, "with --run")
     if not cfg.run and not Path(cfg.method.removesuffix("+prompt")).is_dir():
         from personalign.methods.base import method_class
 

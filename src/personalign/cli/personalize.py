@@ -90,6 +90,19 @@ def report_data(row: dict[str, Any], n_demos: int) -> None:
                           "synthetic.teacher", highlight=False)
 
 
+def resume_note(path: Path) -> str:
+    """What a resumed training run reuses: the last checkpoint, or nothing."""
+    from personalign.methods.training import list_checkpoints
+
+    found = sorted(path.rglob("checkpoints"))
+    last = [c for root in found for c in list_checkpoints(root.parent)]
+    if (path / "method.json").is_file():
+        return f"resume: {path.name} finished training earlier; steps already done are skipped"
+    if last:
+        return f"resume: continuing from {last[-1].relative_to(path)}; earlier steps are skipped"
+    return "resume: no checkpoint was saved yet; training starts at step 0"
+
+
 def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
     """Fit the method on the profile and write config, env, metrics, adapter and method.json."""
     from personalign.backends.registry import build_backend
@@ -123,6 +136,8 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
     if progress:
         verb = "resuming" if cfg.resume else "training"
         console.print(f"[bold]{cfg.method}[/]: {verb} on {profile.name} into {run.path}")
+        if cfg.resume:
+            err_console.print(resume_note(run.path), highlight=False)
         err_console.print(f"data: {len(profile.demonstrations)} demonstrations from the profile", highlight=False)
         add_metrics_listener(lambda row: report_data(row, len(profile.demonstrations)))
     personalizer.fit(profile, run)

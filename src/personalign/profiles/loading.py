@@ -25,7 +25,10 @@ def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         top = str(err["loc"][0]) if err["loc"] else ""
         if err["type"] == "extra_forbidden":
-            problems.append((loc, f"field '{loc}' is not a profile field; remove it or fix its spelling"))
+            from personalign.config import field_paths, suggest
+
+            hint = suggest(loc, field_paths(Profile))
+            problems.append((loc, f"field '{loc}' is not a profile field{hint}; remove it or fix its spelling"))
         elif err["type"] == "missing":
             problems.append((loc, f"field '{loc}' is missing; {_FIXES.get(top, 'add it')}"))
         elif err["type"] == "value_error" and not err["loc"]:  # a whole-profile check (e.g. eval prompts held out)
