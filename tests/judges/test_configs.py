@@ -9,7 +9,8 @@ import pytest
 from personalign.cli.judge import JudgeValidateConfig
 from personalign.cli.reward import RewardTrainConfig
 from personalign.config import resolve_config
-from personalign.methods.rlaif import RLAIFConfig
+from personalign.evaluation.hacking import select_heldout_evaluator
+from personalign.methods.rlaif import RLAIFConfig, parse_reward_spec
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "judges"
 
@@ -24,8 +25,15 @@ def test_reward_configs(name):
     assert resolve_config(RewardTrainConfig, CONFIGS / name, {}).rm.backbone == "minilm"
 
 
-def test_rlaif_config():
+def test_rlaif_config(tmp_path):
     from personalign.cli.personalize import PersonalizeConfig
 
     cfg = resolve_config(PersonalizeConfig, CONFIGS / "rlaif-example.yaml", {})
-    assert RLAIFConfig.model_validate(cfg.method_config).heldout == "rules"
+    method_config = RLAIFConfig.model_validate(cfg.method_config)
+    assert method_config.heldout == "auto"
+    # with an RM trained on a labeled set, the length term leaves similarity as the held-out evaluator
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.yaml").write_text((CONFIGS / "reward-minilm-hh.yaml").read_text())
+    terms = parse_reward_spec(method_config.reward.replace("RUN_DIR", str(rm)))
+    assert select_heldout_evaluator(terms, method_config.heldout) == "similarity"

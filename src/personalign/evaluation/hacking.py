@@ -82,9 +82,10 @@ def contaminated_evaluators(terms: Sequence[RewardTermLike], pairwise_judge: str
             if labels in (None, "rules", "mix"):
                 out.setdefault("rules", f"reward model {term.path} was trained on "
                                + ("rule-labeled pairs" if labels else "pairs of unknown origin"))
-            if demos is None or (demos and labels in ("rules", "llm", "mix")):
+            sampled = labels in ("rules", "llm", "mix")  # the profile pipeline; otherwise a labeled set or file
+            if labels is None or (sampled and demos is not False):
                 out.setdefault("similarity", f"reward model {term.path} was trained on demonstration ≻ sample "
-                               "pairs" if demos else f"reward model {term.path} does not say what it was trained on")
+                               "pairs" if labels else f"reward model {term.path} does not say what it was trained on")
     return out
 
 
