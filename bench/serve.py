@@ -19,6 +19,7 @@ requests far beyond a small queue with no client retries. Pass = no 5xx, every s
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -27,6 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+# Idle OpenMP threads sleep instead of spinning. On this shared, oversubscribed 2-core host the default (spin)
+# made generation 30x slower in whichever thread created the first OpenMP team (here the server's worker one
+# run, the main thread the next), so both sides of every ratio below run with it. Must precede `import torch`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
@@ -103,11 +109,13 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     with running_server(engine, config) as url:
         client_load(url, "default", 1, 1, 8)  # warm-up (first-call allocations)
         for clients in args.clients:
+            calls = len(engine.batches)
             served = client_load(url, "default", clients, args.requests, args.max_new_tokens)
+            batches = engine.batches[calls:]
             base = direct(backend, clients, args.requests, args.max_new_tokens)
             row = {"clients": clients, "served": served, "direct": base,
                    "ratio": round(served["tokens_per_s"] / base["tokens_per_s"], 2),
-                   "mean_batch": round(statistics.mean(engine.batches[-max(1, served["requests"]):]), 1)}
+                   "mean_batch": round(statistics.mean(batches), 1), "generate_calls": len(batches)}
             print(row, file=sys.stderr)
             rows.append(row)
     result: dict[str, Any] = {"hf": rows, "dtype": str(backend.dtype)}
@@ -218,16 +226,19 @@ def main() -> None:
     parser.add_argument("--vllm", action="store_true", help="also measure --engine vllm (make vllm-venv)")
     parser.add_argument("--vllm-port", type=int, default=8011)
     parser.add_argument("--load-only", action="store_true")
+    parser.add_argument("--no-load", action="store_true", help="throughput only")
     parser.add_argument("--load-clients", type=int, default=50)
     parser.add_argument("--load-requests", type=int, default=4, help="requests per load client")
     parser.add_argument("--burst", type=int, default=200, help="simultaneous requests in the overload burst")
     parser.add_argument("--burst-queue", type=int, default=64, help="server queue during the load test")
     args = parser.parse_args()
     result: dict[str, Any] = {"command": " ".join(sys.argv), "versions": package_versions(),
-                              "torch_threads": torch.get_num_threads()}
+                              "torch_threads": torch.get_num_threads(),
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_avg": os.getloadavg()}
     if not args.load_only:
         result["throughput"] = throughput(args)
-    result["load"] = load_test(args)
+    if not args.no_load:
+        result["load"] = load_test(args)
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -32,17 +32,15 @@ def tiny_model_dir(chat_tokenizer, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def signature_runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
-    """{"zed": run dir, "ann": run dir}: sft runs on the tiny model that answer with their signature."""
+def train_signature_runs(model_dir: Path, root: Path) -> dict[str, Path]:
+    """{"zed": run dir, "ann": run dir}: sft runs on the model in `model_dir` that answer with their signature."""
     import torch
 
     from personalign.config import ModelConfig
     from personalign.methods.spec import resolve_personalizer
     from personalign.runs import RunDir
 
-    root = tmp_path_factory.mktemp("runs")
-    model = ModelConfig(model=str(tiny_model_dir), device="cpu", dtype="fp32")
+    model = ModelConfig(model=str(model_dir), device="cpu", dtype="fp32")
     runs = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -54,3 +52,8 @@ def signature_runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     finally:
         torch.set_num_threads(threads)
     return runs
+
+
+@pytest.fixture(scope="session")
+def signature_runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    return train_signature_runs(tiny_model_dir, tmp_path_factory.mktemp("runs"))

@@ -49,8 +49,18 @@ def free_port() -> int:
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not (VLLM_VENV / ".installed").is_file(), reason="no .venv-vllm (build it with `make vllm-venv`)")
-def test_vllm_serves_our_adapters_and_scores_like_hf(signature_runs, tiny_model_dir):
+def test_vllm_serves_our_adapters_and_scores_like_hf(chat_tokenizer, tmp_path):
     import openai
+
+    from conftest import make_tiny_llama
+
+    from .conftest import train_signature_runs
+
+    # vLLM's CPU attention needs head_dim >= 32: hidden 128 over 2 heads.
+    tiny_model_dir = tmp_path / "tiny-model"
+    make_tiny_llama(chat_tokenizer, hidden=128).save_pretrained(tiny_model_dir)
+    chat_tokenizer.save_pretrained(tiny_model_dir)
+    signature_runs = train_signature_runs(tiny_model_dir, tmp_path)
 
     from personalign.backends.hf import HFBackend
     from personalign.backends.openai import OpenAIBackend
@@ -59,7 +69,7 @@ def test_vllm_serves_our_adapters_and_scores_like_hf(signature_runs, tiny_model_
 
     port = free_port()
     config = vllm_config(tiny_model_dir, [str(signature_runs["zed"]), str(signature_runs["ann"])], port=port,
-                         vllm_args=["--max-model-len", "512"])
+                         vllm_args=["--max-model-len", "512", "--gpu-memory-utilization", "0.08"])
     process = vllm.launch(config, ready_timeout=300)
     try:
         url = f"http://127.0.0.1:{port}/v1"

@@ -27,7 +27,9 @@ class ServeConfig(Config):
     # A batch of 32 is where the default model's CPU throughput flattens (BENCHMARKS.md, sampling); the
     # window is short next to a generation (seconds) and long next to a client's turnaround (ms).
     max_batch: int = Field(32, ge=1, description="most sequences merged into one generate call")
-    batch_window_ms: float = Field(25.0, ge=0, description="how long the first request waits for others to join")
+    batch_window_ms: float = Field(25.0, ge=0, description="a batch keeps collecting while requests arrive "
+                                   "within this gap of each other")
+    max_wait_ms: float = Field(250.0, ge=0, description="the longest the first request of a batch waits for others")
     max_queue: int = Field(256, ge=1, description="requests waiting or running; beyond it 429 + Retry-After")
     max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429")

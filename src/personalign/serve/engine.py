@@ -3,8 +3,9 @@
 Every trained adapter is loaded once into its base model with PEFT (`load_adapter`) and named; one generate
 call may mix adapters through PEFT's mixed-batch inference (`adapter_names`, "__base__" for none), so requests
 for different personalizers on the same base share a batch. Requests wait in one bounded queue; a single worker
-thread owns the models (no locks around torch), takes the first request, lets others join for a short window up
-to `max_batch` sequences, groups them by base model and sampling settings, and runs one generate per group.
+thread owns the models (no locks around torch), takes the first request, lets others join while they keep arriving
+within a short gap of each other (up to `max_batch` sequences or `max_wait`), groups them by base model and
+sampling settings, and runs one generate per group.
 
 A request that names a `seed` runs as its own batch seeded exactly as `HFBackend.generate` seeds a one-prompt
 call, so it reproduces `personalign generate --seed` token for token; unseeded requests are merged freely.
@@ -107,8 +108,7 @@ class BackendPool:
 
     def slot_for(self, config: ModelConfig) -> BaseSlot:
         base = config.model_copy(update={"adapter": None, "batch_size": self.batch_size})
-        model = base.model if base.model == "default" else str(Path(base.model).resolve()) \
-            if Path(base.model).exists() else base.model
+        model = str(Path(base.model).resolve()) if Path(base.model).exists() else base.model
         key = (model, base.device, base.dtype)
         if key not in self.slots:
             self.slots[key] = BaseSlot(base.model_copy(update={"model": resolve_model_path(base.model)}))
@@ -213,11 +213,13 @@ _STOP = object()
 class Engine:
     """Served models + the batching worker. `submit` is thread-safe; the worker alone touches the models."""
 
-    def __init__(self, pool: BackendPool, max_batch: int = 32, batch_window_ms: float = 25.0, max_queue: int = 256):
+    def __init__(self, pool: BackendPool, max_batch: int = 32, batch_window_ms: float = 25.0, max_queue: int = 256,
+                 max_wait_ms: float = 250.0):
         self.pool = pool
         self.models: dict[str, Served] = {}
         self.max_batch = max_batch
         self.window = batch_window_ms / 1000
+        self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self._queue: queue.Queue[Any] = queue.Queue()
         self._deferred: deque[Any] = deque()
@@ -296,10 +298,13 @@ class Engine:
                 _settle(item.future, item.action)
                 continue
             batch = [item]
-            deadline = time.monotonic() + self.window
+            # Keep collecting while requests keep arriving within `window` of each other (clients whose replies
+            # came back together return staggered), up to max_batch sequences or `max_wait` in total.
+            started = time.monotonic()
             while sum(j.rows for j in batch) < self.max_batch:
+                timeout = min(self.window, started + self.max_wait - time.monotonic())
                 try:
-                    nxt = self._next(deadline - time.monotonic())
+                    nxt = self._next(timeout)
                 except queue.Empty:
                     break
                 if not isinstance(nxt, Job):

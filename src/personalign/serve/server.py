@@ -72,7 +72,7 @@ def build_engine(config: ServeConfig) -> Engine:
     specs = [parse_spec(run) for run in config.runs]
     profile = load_profile(config.profile) if config.profile else None
     pool = BackendPool(batch_size=config.max_batch)
-    engine = Engine(pool, config.max_batch, config.batch_window_ms, config.max_queue)
+    engine = Engine(pool, config.max_batch, config.batch_window_ms, config.max_queue, config.max_wait_ms)
     base = resolve_personalizer("base", model=config.model, backend_factory=pool)
     engine.add(Served(base_model_id(config.model.model), base, "base"))
     stem = Path(config.profile).stem if config.profile else ""
@@ -162,7 +162,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     @app.post("/tokenize", dependencies=[Depends(authorized)])
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         model = served(body.model)
-        messages = _conversation(model, body.messages)
+        messages = await asyncio.to_thread(_conversation, model, body.messages)
         ids = rendered_ids(model.backend.slot.backend, messages, body.add_generation_prompt,
                            body.continue_final_message)
         return {"count": len(ids), "tokens": ids, "max_model_len": None}
@@ -180,7 +180,9 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             top_p=defaults.top_p if body.top_p is None else body.top_p,
             repetition_penalty=body.repetition_penalty or defaults.repetition_penalty,
         )
-        job = Job(model, _conversation(model, body.messages), sampling, seeded=body.seed is not None,
+        # Off the event loop: a method may embed the request (prompt-rag retrieval) to build its chat.
+        conversation = await asyncio.to_thread(_conversation, model, body.messages)
+        job = Job(model, conversation, sampling, seeded=body.seed is not None,
                   prompt_logprobs=body.prompt_logprobs is not None,
                   render={"add_generation_prompt": body.add_generation_prompt,
                           "continue_final_message": body.continue_final_message})
