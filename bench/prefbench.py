@@ -5,6 +5,7 @@ bench/results/prefbench.json) with timings, machine load and each run's results 
 
     .venv/bin/python bench/prefbench.py                 # full: ≈ 15–30 min on 2 cores
     .venv/bin/python bench/prefbench.py --quick         # smoke: --quick bench runs
+    .venv/bin/python bench/prefbench.py --phases cold   # results only (no warm-cache / resume timings)
 """
 
 from __future__ import annotations
@@ -93,9 +94,14 @@ def run_cli(args: list[str], cache: Path) -> dict[str, Any]:
 
 def results_of(out: Path) -> dict[str, Any]:
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    slim = {name: {k: r[k] for k in ("mean_acc", "worst_acc", "minority_acc", "per_user", "tax", "adaptation")}
-            | {"seconds": round(r["timing"].get("total_s", 0.0), 1)} for name, r in res["methods"].items()}
+    keys = ("mean_acc", "worst_acc", "minority_acc", "per_user", "n_test_pairs", "skipped", "tax", "tax_drop",
+            "adaptation")
+    slim = {name: {k: r.get(k) for k in keys} | {"seconds": round(r["timing"].get("total_s", 0.0), 1)}
+            for name, r in res["methods"].items()}
+    chars = {split: {k: c[k] for k in ("disagreement", "consistency", "minority_users", "mean_room", "n_pairs")}
+             for split, c in res.get("characterization", {}).items()}
     return {"methods": slim, "baselines": res["baselines"], "minority_users": res["minority_users"],
+            "characterization": chars, "general": res.get("general"), "skipped_methods": res.get("skipped_methods"),
             "n_pairs": res["n_pairs"], "n_texts": res["n_texts"], "timing": res["timing"],
             "embedding_cache": res["embedding_cache"], "table": (out / "table.md").read_text(encoding="utf-8")}
 
@@ -109,13 +115,26 @@ def main() -> None:
     parser.add_argument("--n-short", type=int, default=960)
     parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temp dir)")
     parser.add_argument("--throughput-only", action="store_true", help="measure the embedder only")
+    parser.add_argument("--reuse-throughput", action="store_true",
+                        help="copy the embedder throughput section from the existing --out file (marked as such) "
+                             "instead of measuring it again")
+    parser.add_argument("--cache", default=None,
+                        help="embedding cache root to use (default: an empty one in the work folder, so the "
+                             "first phase is cold); with a filled cache run --phases warm,resumed")
+    parser.add_argument("--phases", default="cold,warm,resumed",
+                        help="bench runs to time: cold (empty cache), warm (cached embeddings), resumed")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="prefbench-bench-"))
+    previous = Path(args.out)
+    if args.reuse_throughput and previous.is_file():
+        measured = {**json.loads(previous.read_text(encoding="utf-8"))["throughput"], "reused_from_previous_run": True}
+    else:
+        measured = throughput(work / "cache_throughput", args.n_long, args.n_short)
     report: dict[str, Any] = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "quick": args.quick,
-        "throughput": throughput(work / "cache_throughput", args.n_long, args.n_short),
+        "throughput": measured,
         "runs": {},
     }
     print(json.dumps(report["throughput"], indent=1), flush=True)
@@ -123,9 +142,11 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         return
-    cache = work / "cache_bench"
+    cache = Path(args.cache) if args.cache else work / "cache_bench"
+    report["embedding_cache_root"] = "given (--cache)" if args.cache else "empty at start"
     extra = ["--quick"] if args.quick else []
-    for phase, flags in (("cold", []), ("warm", []), ("resumed", ["--resume"])):
+    phases = [ph for ph in (("cold", []), ("warm", []), ("resumed", ["--resume"])) if ph[0] in args.phases.split(",")]
+    for phase, flags in phases:
         total = 0.0
         for d in datasets:
             out = work / "runs" / d
@@ -135,15 +156,15 @@ def main() -> None:
             total += timing["wall_s"]
             entry = report["runs"].setdefault(d, {})
             entry[phase] = timing
-            if phase != "resumed":
-                entry[f"{phase}_results"] = results_of(out)
+            entry[f"{phase}_results"] = results_of(out)
             print(f"{phase} {d}: {timing['wall_s']} s (load {timing['load_before']} → {timing['load_after']})",
                   flush=True)
         report.setdefault("total_wall_s", {})[phase] = round(total, 1)
+    first = phases[0][0]
     from personalign.prefbench.anchors import headline_anchors, load_anchors
     from personalign.prefbench.report import summary_table
 
-    report["summary_table"] = summary_table({d: report["runs"][d]["cold_results"] for d in datasets})
+    report["summary_table"] = summary_table({d: report["runs"][d][f"{first}_results"] for d in datasets})
     anchors = load_anchors()
     report["anchors"] = headline_anchors(anchors)
     rag = [r["mean_acc"] for r in anchors if r["method"] == "rag" and r["mean_acc"]]

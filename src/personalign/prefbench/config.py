@@ -92,7 +92,7 @@ class BenchConfig(DataOptions):
     general: bool = Field(True, description="give every method HH helpful/harmless pairs as one more pseudo-user "
                                             "(the shared component's general signal; disjoint from the tax sets)")
     general_max_pairs: int = Field(2000, ge=2, description="general pairs (half helpful, half harmless)")
-    slow_eval_pairs: int = Field(10, ge=1, description="test pairs per user for slow methods (rag: two LLM "
+    slow_eval_pairs: int = Field(6, ge=1, description="test pairs per user for slow methods (rag: two LLM "
                                                        "passes each); they skip the tax and adaptation")
     adaptation: bool = Field(True, description="few-shot adaptation to held-out users")
     ks: list[int] = Field(default_factory=lambda: [10, 30, 100, 300], description="labeled pairs per new user")
