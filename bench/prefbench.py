@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--cache", default=None,
                         help="embedding cache root to use (default: an empty one in the work folder, so the "
                              "first phase is cold); with a filled cache run --phases warm,resumed")
+    parser.add_argument("--bench-args", default="",
+                        help="extra `personalign bench` flags for every run, e.g. \"--set tax_max_per_source=30\"")
     parser.add_argument("--phases", default="cold,warm,resumed",
                         help="bench runs to time: cold (empty cache), warm (cached embeddings), resumed")
     args = parser.parse_args()
@@ -144,7 +147,8 @@ def main() -> None:
         return
     cache = Path(args.cache) if args.cache else work / "cache_bench"
     report["embedding_cache_root"] = "given (--cache)" if args.cache else "empty at start"
-    extra = ["--quick"] if args.quick else []
+    extra = (["--quick"] if args.quick else []) + shlex.split(args.bench_args)
+    report["bench_args"] = extra
     phases = [ph for ph in (("cold", []), ("warm", []), ("resumed", ["--resume"])) if ph[0] in args.phases.split(",")]
     for phase, flags in phases:
         total = 0.0

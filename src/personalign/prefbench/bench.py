@@ -28,9 +28,9 @@ from personalign.prefbench.data import load_prefdata
 from personalign.prefbench.evaluate import (
     adaptation_curve,
     by_category,
-    cap_per_user,
     margin_tax,
     per_user_accuracy,
+    sample_per_user,
     summarize,
     tax_drop,
     tax_scores,
@@ -115,7 +115,7 @@ def run_method(name: str, cfg: BenchConfig, shared: Shared, progress: Progress) 
     method = make().fit(fit_pairs, n_fit, dims)
     timing["fit_s"] = time.perf_counter() - start
     if slow:
-        test = cap_per_user(test, cfg.slow_eval_pairs, cfg.seed)
+        test = sample_per_user(test, cfg.slow_eval_pairs, cfg.seed)
     per_user = per_user_accuracy(method, test, feats.users)
     result: dict[str, Any] = {**summarize(per_user, minority), "per_user": per_user,
                               "n_test_pairs": len(test), "skipped": []}

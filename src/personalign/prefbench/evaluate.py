@@ -18,7 +18,7 @@ import numpy as np
 from personalign.prefbench.methods.base import Dimensions, PairSet, PrefMethod, accuracy, correct
 
 
-def cap_per_user(pairs: PairSet, cap: int | None, seed: int) -> PairSet:
+def sample_per_user(pairs: PairSet, cap: int | None, seed: int) -> PairSet:
     """At most `cap` rows per user (seeded sample, kept in order): how slow methods are scored."""
     if cap is None:
         return pairs
@@ -59,13 +59,9 @@ def by_category(scores: np.ndarray, categories: np.ndarray) -> dict[str, float]:
     return {str(cat): float(np.mean(scores[categories == cat])) for cat in dict.fromkeys(categories.tolist())}
 
 
-def tax_accuracy(method: PrefMethod, tax: PairSet, categories: np.ndarray, n_users: int) -> dict[str, float]:
-    """Per category: accuracy averaged over the scored users."""
-    return by_category(tax_scores(method, tax, n_users), categories)
-
-
-def margin_tax(margins: np.ndarray, categories: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
-    return by_category(correct(margins, labels), categories)
+def margin_tax(margins: np.ndarray, categories: np.ndarray) -> dict[str, float]:
+    """Per category: accuracy of chosen-first `margins` (the untrained backbone's baseline)."""
+    return by_category(correct(margins), categories)
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
