@@ -23,7 +23,7 @@ def test_yaml_then_flags_then_set(tmp_path: Path) -> None:
 def test_bad_values_are_one_line_errors() -> None:
     with pytest.raises(PersonalignError, match="unknown method"):
         resolve_config(BenchConfig, None, {"methods": ["dpo"]})
-    with pytest.raises(PersonalignError, match=r"options\.personalized\.alpha"):
+    with pytest.raises(PersonalignError, match=r"alpha.*less than or equal to 1"):
         resolve_config(BenchConfig, None, {"options.personalized.alpha": 2})
     with pytest.raises(PersonalignError, match="expected KEY=VALUE"):
         parse_set_options(["alpha"])
