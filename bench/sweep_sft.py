@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--profiles", default="configs/profiles/example.yaml,configs/profiles/ops-manager.yaml")
     parser.add_argument("--configs", default=",".join(SETTINGS))
     parser.add_argument("--n-candidates", type=int, default=12)
+    parser.add_argument("--best-of", type=int, default=4)
+    parser.add_argument("--fewshot-k", type=int, default=None, help="demonstrations shown to the teacher")
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--out", type=Path, default=Path("bench/results/sweep_sft.json"))
     args = parser.parse_args()
@@ -67,7 +69,8 @@ def main() -> None:
         if not cache.is_file():
             backend = HFBackend(ModelConfig())
             rows, report = generate_synthetic(profile, backend, SyntheticConfig(
-                n_candidates=args.n_candidates, n_keep=args.n_candidates))
+                n_candidates=args.n_candidates, n_keep=args.n_candidates, best_of=args.best_of,
+                fewshot_k=args.fewshot_k))
             atomic_write_jsonl(cache, rows)
             results["runs"].setdefault(key, {})["synthetic_report"] = report
         done = results["runs"].setdefault(key, {})

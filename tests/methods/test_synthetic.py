@@ -36,7 +36,8 @@ PROFILE = parse_profile({
     "name": "Zed Toy", "task": "write notes",
     "demonstrations": [
         {"prompt": "Thank Al, my neighbor, for dinner.", "output": DEMO_OUTPUT},
-        {"prompt": "Ask my teammate Kim to swap shifts.", "output": "Hi Kim, can we swap shifts?\n\nCheers,\nZed"},
+        {"prompt": "Ask my teammate Kim to swap shifts.",
+         "output": "Hi Kim, could we swap our shifts this Saturday morning?\n\nCheers,\nZed"},
     ],
     "constraints": {"sign_off": "Cheers,\nZed", "banned_substrings": ["—", "!"], "min_words": 10},
     "eval_prompts": ["Thank Nina for the flowers.", "Invite Marcus Patel to the game."],
