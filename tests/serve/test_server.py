@@ -210,3 +210,19 @@ def test_graceful_shutdown_finishes_in_flight_requests(serve_config, one_thread)
                 threading.Event().wait(0.01)
             threading.Timer(0.3, gate.set).start()  # released while the server is already shutting down
         assert future.result().choices[0].message.content.startswith("Zed")
+
+
+def test_shared_backend_scores_like_the_runs_own_backend(server, signature_runs):
+    from personalign.methods.base import load_personalizer
+
+    engine, _ = server
+    conversation = [{"role": "user", "content": "Greet Gus."}]
+    gate = threading.Event()
+    engine.control(gate.wait)  # the worker is parked: the models are not in use while this thread scores
+    try:
+        shared = engine.models["sft-zed"].backend.logprobs([conversation], ["Zed Zed Zed"])
+    finally:
+        gate.set()
+    own = load_personalizer(signature_runs["zed"], device="cpu", dtype="fp32").backend.logprobs(
+        [conversation], ["Zed Zed Zed"])
+    assert shared == pytest.approx(own, abs=1e-4)

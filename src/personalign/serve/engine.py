@@ -95,7 +95,9 @@ class SharedBackend(GenerationBackend):
     def logprobs(self, conversations: Sequence[Conversation], completions: Sequence[str]) -> list[float]:
         backend = self.slot.backend
         pairs = [backend.prompt_completion_ids(c, y) for c, y in zip(conversations, completions, strict=True)]
-        return [float(sum(lp for lp, _ in token_logprobs(self.slot, self.adapter, p + c)[len(p):])) for p, c in pairs]
+        # token_logprobs starts at the second token, so the completion's scores start at index len(prompt) - 1.
+        return [float(sum(lp for lp, _ in token_logprobs(self.slot, self.adapter, p + c)[len(p) - 1 :]))
+                for p, c in pairs]
 
 
 class BackendPool:
