@@ -125,7 +125,8 @@ def main() -> None:
     parser.add_argument("--bench-args", default="",
                         help="extra `personalign bench` flags for every run, e.g. \"--set tax_max_per_source=30\"")
     parser.add_argument("--phases", default="cold,warm,resumed",
-                        help="bench runs to time: cold (empty cache), warm (cached embeddings), resumed")
+                        help="bench runs to time: cold (empty cache), warm (cached embeddings), resumed; or "
+                             "collected (read finished runs under --keep/runs, run nothing)")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="prefbench-bench-"))
@@ -149,11 +150,17 @@ def main() -> None:
     report["embedding_cache_root"] = "given (--cache)" if args.cache else "empty at start"
     extra = (["--quick"] if args.quick else []) + shlex.split(args.bench_args)
     report["bench_args"] = extra
-    phases = [ph for ph in (("cold", []), ("warm", []), ("resumed", ["--resume"])) if ph[0] in args.phases.split(",")]
+    phases = [ph for ph in (("cold", []), ("warm", []), ("resumed", ["--resume"]), ("collected", []))
+              if ph[0] in args.phases.split(",")]
     for phase, flags in phases:
         total = 0.0
         for d in datasets:
             out = work / "runs" / d
+            if phase == "collected":
+                # Results of finished `personalign bench --dataset d --methods all --out <work>/runs/d <bench-args>`
+                # runs made beforehand (e.g. in parallel on a loaded machine): read, not rerun or timed.
+                report["runs"].setdefault(d, {})["collected_results"] = results_of(out)
+                continue
             if phase != "resumed":
                 shutil.rmtree(out, ignore_errors=True)  # a fresh run: `bench` writes only into a new folder
             timing = run_cli(["bench", "--dataset", d, "--methods", "all", "--out", str(out), *flags, *extra], cache)
@@ -163,7 +170,8 @@ def main() -> None:
             entry[f"{phase}_results"] = results_of(out)
             print(f"{phase} {d}: {timing['wall_s']} s (load {timing['load_before']} → {timing['load_after']})",
                   flush=True)
-        report.setdefault("total_wall_s", {})[phase] = round(total, 1)
+        if phase != "collected":
+            report.setdefault("total_wall_s", {})[phase] = round(total, 1)
     first = phases[0][0]
     from personalign.prefbench.anchors import headline_anchors, load_anchors
     from personalign.prefbench.report import summary_table
