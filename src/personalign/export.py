@@ -112,20 +112,11 @@ def modelfile(folder: Path, run: Path, manifest: dict[str, Any], prompted: bool)
         if not manifest.get("profile"):
             raise PersonalignError(f"{run}: no profile saved in the run; a +prompt export needs it")
         prompt_config = PromptConfig.model_validate(manifest.get("config", {}).get("prompt", {}))
-        holder = _ProfileHolder(Profile.model_validate(manifest["profile"]))
-        messages = prompted_conversation(holder, prompt_config, "")[:-1]  # all but the request itself
+        profile = Profile.model_validate(manifest["profile"])
+        messages = prompted_conversation(profile, prompt_config, "")[:-1]  # all but the request itself
         for message in messages:
             text = message["content"].replace('"""', '"')
             lines.append(f'SYSTEM """{text}"""' if message["role"] == "system"
                          else f'MESSAGE {message["role"]} """{text}"""')
     return "\n".join(lines) + "\n"
 
-
-class _ProfileHolder:
-    """The two attributes `prompted_conversation` reads, without loading a model."""
-
-    name = "export"
-    backend = None
-
-    def __init__(self, profile: Any):
-        self.profile = profile

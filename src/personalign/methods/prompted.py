@@ -21,12 +21,14 @@ from personalign.runs import RunDir
 from personalign.splits import TrainingData
 
 
-def prompted_conversation(personalizer: Personalizer, config: PromptConfig, prompt: str) -> Conversation:
-    """The chat `prompt` would send for `prompt` with the personalizer's profile (one builder, no copy)."""
-    if personalizer.profile is None:
-        raise RuntimeError(f"{personalizer.name}: call fit(profile) before generate")
-    builder = PromptMethod(personalizer.backend, config)
-    builder.profile = personalizer.profile
+def prompted_conversation(
+    profile: Profile | None, config: PromptConfig, prompt: str, who: str = "prompt"
+) -> Conversation:
+    """The chat `prompt` would send for `prompt` with `profile` (one builder, no copy; no model needed)."""
+    if profile is None:
+        raise RuntimeError(f"{who}: call fit(profile) before generate")
+    builder = PromptMethod(None, config)  # type: ignore[arg-type]  # building a chat never touches the backend
+    builder.profile = profile
     return builder.conversation(prompt)
 
 
@@ -45,7 +47,7 @@ class _PromptedGeneration(Personalizer):
     def conversation(self, prompt: str) -> Conversation:
         if self._training:
             return super().conversation(prompt)
-        return prompted_conversation(self, self.config.prompt, prompt)  # type: ignore[attr-defined]
+        return prompted_conversation(self.profile, self.config.prompt, prompt, self.name)  # type: ignore[attr-defined]
 
 
 class SFTPromptConfig(SFTConfig):
@@ -82,4 +84,4 @@ class PromptedRun(Personalizer):
                 TrainingData.of([d.prompt for d in demos], [d.output for d in demos]))
 
     def conversation(self, prompt: str) -> Conversation:
-        return prompted_conversation(self, self.config, prompt)  # type: ignore[arg-type]
+        return prompted_conversation(self.profile, self.config, prompt, self.name)  # type: ignore[arg-type]
