@@ -218,3 +218,19 @@ def test_version_and_short_help():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
     assert CliRunner().invoke(app, ["-h"]).exit_code == 0
+
+
+def test_user_errors_are_caught_by_kind_and_bugs_keep_their_traceback():
+    import torch
+
+    from personalign.cli.common import user_error_message
+
+    replaced = IsADirectoryError(21, "Is a directory", "/tmp/.report.html.x.tmp", None, "/tmp/report.html")
+    assert user_error_message(replaced) == "/tmp/report.html: Is a directory; check the path"
+    try:
+        torch.device("gpu")
+    except RuntimeError as exc:
+        assert user_error_message(exc).startswith("device: ")
+    assert user_error_message(MemoryError()).startswith("out of memory")
+    for bug in (KeyError("x"), TypeError("unsupported operand"), RuntimeError("shape mismatch")):
+        assert user_error_message(bug) is None  # a bug is not the user's to fix: it keeps its traceback

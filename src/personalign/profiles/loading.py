@@ -51,16 +51,21 @@ def parse_profile(data: object, source: str | Path = "<profile>") -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping of profile fields, got {type(data).__name__}")
     try:
-        profile = Profile.model_validate(data)
+        return Profile.model_validate(data)
     except ValidationError as exc:
         raise ProfileError(_describe(exc, path)) from None
+
+
+def check_demonstrations(profile: Profile, source: str | Path) -> Profile:
+    """Refuse demonstrations that break the profile's own constraints (a method would learn the opposite of what
+    the constraints score), unless the profile says `accept_failing_demonstrations: true`."""
     if not profile.accept_failing_demonstrations:
         failing = demonstration_failures(profile)
         if failing:
             shown = "; ".join(f"demonstrations[{i}] fails {check}" + (f" ({detail})" if detail else "")
                               for i, check, detail in failing[:3])
             more = f" (and {len(failing) - 3} more)" if len(failing) > 3 else ""
-            raise ProfileError(f"{path}: {shown}{more}: fix the demonstration or the constraint, or add "
+            raise ProfileError(f"{source}: {shown}{more}: fix the demonstration or the constraint, or add "
                                "'accept_failing_demonstrations: true' to keep them knowingly")
     return profile
 
@@ -90,4 +95,4 @@ def load_profile(path: str | Path) -> Profile:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         kind = "JSON" if path.suffix == ".json" else "YAML"
         raise ProfileError(f"{path}: invalid {kind} ({str(exc).splitlines()[0]})") from None
-    return parse_profile(data, path)
+    return check_demonstrations(parse_profile(data, path), path)
