@@ -142,10 +142,19 @@ def field_default(cls: type[BaseModel], dotted: str) -> Any:
 
 
 def flag_name(dotted: str, flags: dict[str, str] | None = None) -> str:
-    """How the user names a field on the command line: the command's flag, else '--last-part'."""
+    """How the user names a field: the command's flag for it (`flags`, else '--last-part' when the running
+    command has that option), else the dotted field itself (library calls, `--set` keys)."""
     if flags and dotted in flags:
         return flags[dotted]
-    return "--" + dotted.rsplit(".", 1)[-1].replace("_", "-")
+    guess = "--" + dotted.rsplit(".", 1)[-1].replace("_", "-")
+    try:
+        from typer._click.globals import get_current_context  # typer vendors click
+    except ImportError:
+        return dotted
+    ctx = get_current_context(silent=True)
+    options = {opt for param in getattr(ctx, "command", None).params for opt in getattr(param, "opts", ())} \
+        if ctx is not None else set()
+    return guess if guess in options else dotted
 
 
 def aliases(cls: type[BaseModel], flags: dict[str, str] | None = None) -> dict[str, str]:

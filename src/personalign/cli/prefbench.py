@@ -27,6 +27,13 @@ def _ints(values: list[str] | None, flag: str) -> list[int] | None:
         raise PersonalignError(f"{flag}: expected whole numbers separated by commas, got {got!r}") from None
 
 
+def _set_flags(items: list[str] | None) -> dict[str, str]:
+    """Errors about a `--set KEY=VALUE` field name it as the user typed it."""
+    from personalign.prefbench.config import parse_set_options
+
+    return {key: f"--set {key}" for key in parse_set_options(items)}
+
+
 def check_bench_names(datasets: list[str], methods: list[str]) -> None:
     """Unknown data set or method names, with the closest valid one, before anything is created."""
     from personalign.config import suggest
@@ -90,7 +97,7 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_config(CharacterizeConfig, config, {
             "dataset": dataset, "split": split, "out": out, "data_dir": data_dir, "data_path": data_path,
             **parse_set_options(set_),
-        })
+        }, flags=_set_flags(set_))
         data = load_prefdata(cfg.dataset, cfg.data_dir, cfg.data_path, cfg.synthetic.to_dict(),
                              cfg.max_train_per_user, cfg.max_test_per_user, cfg.seed)
         report = characterize(data, cfg.split)
@@ -150,7 +157,7 @@ def register(app: typer.Typer) -> None:
             "out": out, "seed": seed, "tax": tax, "adaptation": adaptation,
             "ks": _ints(split_csv(ks), "--ks"), "resume": resume, "data_dir": data_dir,
             "data_path": data_path, **parse_set_options(set_),
-        }, defaults={"resume": False})  # the one contract: an existing run is continued only with --resume
+        }, defaults={"resume": False}, flags=_set_flags(set_))  # an existing run is continued only with --resume
         check_bench_inputs(cfg)
         results = run_bench(cfg)
         for name, r in results.items():
