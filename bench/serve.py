@@ -41,17 +41,7 @@ from personalign.io import atomic_write_json
 from personalign.runs import package_versions
 from personalign.serve.config import ServeConfig
 from personalign.serve.server import build_engine, running_server
-
-PROMPTS = [
-    "Write a short email asking a professor for a meeting next week.",
-    "Thank a colleague for covering my shift on Saturday.",
-    "Reply to a recruiter with my availability on Tuesday and Thursday afternoons.",
-    "Introduce two friends who both love rock climbing.",
-    "Ask my landlord to fix the kitchen faucet.",
-    "Decline a dinner invitation politely.",
-    "Follow up on a job application I sent two weeks ago.",
-    "Congratulate a teammate on finishing her thesis.",
-]
+from sampling import PROMPTS  # bench/sampling.py: the same prompts, so the two benchmarks measure the same work
 
 
 def percentile(values: list[float], q: float) -> float:
