@@ -1,4 +1,8 @@
-"""`personalign reward train`: label preference pairs (rules / llm / mix / a file) and train a BT reward model."""
+"""`personalign reward train`: label preference pairs (rules / llm / mix / a file) and train a reward model on them.
+
+`--kind bt` (default) trains a Bradley-Terry scalar reward model (`judges.reward_model`); `--kind gen-rm`
+trains a generative judge that answers A or B (`judges.generative`, the assignment's preference model).
+"""
 
 from __future__ import annotations
 
@@ -73,7 +77,18 @@ def run_reward_training(cfg: RewardTrainConfig, progress: bool = True) -> tuple[
     run = RunDir.open(cfg.out, "reward train", cfg, resume=cfg.resume, name=cfg.name)
     run.write_env(cfg.rm.seed, device=None if cfg.rm.device == "auto" else cfg.rm.device)
     pairs = training_pairs(cfg, run)
-    _, summary = train_reward_model(pairs, cfg.rm, run, resume=cfg.resume, progress=progress)
+    if cfg.rm.kind == "gen-rm":
+        from personalign.judges.generative import train_generative_judge
+
+        rubric = None
+        if cfg.labels in PIPELINE_LABELS:  # pipeline pairs were judged against the profile's rubric
+            from personalign.judges.llm import profile_rubric
+            from personalign.profiles import load_profile
+
+            rubric = profile_rubric(load_profile(cfg.profile))  # type: ignore[arg-type]
+        _, summary = train_generative_judge(pairs, cfg.rm, run, rubric=rubric, resume=cfg.resume, progress=progress)
+    else:
+        _, summary = train_reward_model(pairs, cfg.rm, run, resume=cfg.resume, progress=progress)
     run.mark_finished()
     return run.path, summary
 
@@ -83,6 +98,10 @@ def check_inputs(cfg: RewardTrainConfig) -> None:
     from personalign.judges.labeled_sets import load_labeled
     from personalign.profiles import load_profile
 
+    if cfg.rm.kind == "gen-rm":
+        from personalign.judges.generative import check_config
+
+        check_config(cfg.rm)
     if cfg.labels in PIPELINE_LABELS:
         if not cfg.profile:
             raise PersonalignError(
@@ -103,6 +122,8 @@ LABELED_ONLY = {"limit": "--limit"}
               device="rm.device", seed="rm.seed")
 def train(
     labels: Annotated[str | None, typer.Option("--labels", help="rules | llm | mix | SET_NAME | FILE.jsonl")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="bt (Bradley-Terry scalar head) | gen-rm (a "
+                                             "generative judge answering A or B)")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML (for rules/llm/mix labels)")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="minilm | default | causal-LM folder")] = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or all weights")] = None,
@@ -123,9 +144,11 @@ def train(
     resume: ResumeOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Train a Bradley-Terry reward model; held-out accuracy every N steps, checkpoints, --resume."""
+    """Train a reward model (Bradley-Terry or generative judge); held-out accuracy every N steps, checkpoints,
+    --resume."""
     overrides = {
-        "labels": labels, "profile": str(profile) if profile else None, "rm.backbone": backbone, "rm.lora": lora,
+        "labels": labels, "rm.kind": kind, "profile": str(profile) if profile else None, "rm.backbone": backbone,
+        "rm.lora": lora,
         "rm.max_steps": max_steps, "rm.epochs": epochs, "rm.batch_size": batch_size, "rm.learning_rate": lr,
         "rm.eval_every": eval_every, "rm.save_every": save_every, "rm.max_length": max_length, "limit": limit,
         "preference.pairs_per_prompt": pairs_per_prompt, "model.model": model, "model.device": device,
@@ -142,8 +165,11 @@ def train(
         f"reward model: {summary['train_pairs']} train pairs, held-out accuracy "
         f"{summary['heldout_accuracy_before']:.0%} → {summary['heldout_accuracy']:.0%} over {summary['heldout_pairs']} "
         f"pairs after {summary['steps']} steps"
+        + (f", position bias {summary['heldout_position_bias_before']:.0%} → {summary['heldout_position_bias']:.0%}"
+           if "heldout_position_bias" in summary else "")
     )
-    console.print(f"run dir: [bold]{path}[/]  (use as --judge rm --rm {path}, or --reward rm:{path})")
+    as_judge = "gen-rm" if cfg.rm.kind == "gen-rm" else "rm"
+    console.print(f"run dir: [bold]{path}[/]  (use as --judge {as_judge} --rm {path}, or --reward {as_judge}:{path})")
 
 
 def register(app: typer.Typer) -> None:

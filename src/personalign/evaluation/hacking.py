@@ -63,10 +63,11 @@ def _rm_provenance(path: str) -> tuple[str | None, bool | None]:
 def contaminated_evaluators(terms: Sequence[RewardTermLike], pairwise_judge: str = "llm") -> dict[str, str]:
     """{evaluator: why} for every evaluator that shares signal with some reward term.
 
-    rules → rules; length → rules (its word-range check); pairwise → its judge (rules or llm); rm:DIR →
-    itself, plus rules when its pairs were labeled by rules (or mix), plus similarity when demonstrations
-    joined its pairs (demonstration ≻ sample teaches "be like the demonstrations"). A reward model whose
-    run dir does not say how it was trained is assumed to carry both.
+    rules → rules; length → rules (its word-range check); pairwise → its judge (rules or llm); rm:DIR and
+    gen-rm:DIR (a generative judge trained the same way) → itself, plus rules when its pairs were labeled by
+    rules (or mix), plus similarity when demonstrations joined its pairs (demonstration ≻ sample teaches
+    "be like the demonstrations"). A reward model whose run dir does not say how it was trained is assumed
+    to carry both.
     """
     out: dict[str, str] = {}
     for term in terms:
@@ -76,8 +77,9 @@ def contaminated_evaluators(terms: Sequence[RewardTermLike], pairwise_judge: str
             out.setdefault("rules", "the length term optimizes the rules' word-range check")
         elif term.kind == "pairwise":
             out.setdefault(pairwise_judge, f"the pairwise term is judged by {pairwise_judge}")
-        elif term.kind == "rm" and term.path:
-            out.setdefault(f"rm:{term.path}", "this reward model is a reward term")
+        elif term.kind in ("rm", "gen-rm") and term.path:
+            what = "generative judge" if term.kind == "gen-rm" else "reward model"
+            out.setdefault(f"{term.kind}:{term.path}", f"this {what} is a reward term")
             labels, demos = _rm_provenance(term.path)
             if labels in (None, "rules", "mix"):
                 out.setdefault("rules", f"reward model {term.path} was trained on "

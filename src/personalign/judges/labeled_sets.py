@@ -4,7 +4,7 @@ Every set becomes `LabeledPair(prompt, a, b, label)` with label A | B | tie. Whi
 shown as `a` is decided by a seeded coin per item, so a judge that always says "A" scores at chance, not
 100 %. Built-in names: prometheus-hhh, autoj, llmbar (natural + adversarial), llmbar-natural,
 llmbar-adversarial, mtbench-human, hh-rlhf-harmless; or a JSONL/JSON file with `prompt, chosen, rejected`
-(optional `margin`) or `prompt, a, b, label`.
+(optional `margin`) or `prompt, a, b, label` (optional `rubric`).
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ def _from_file(path: Path, rng: random.Random) -> list[LabeledPair]:
         elif {"a", "b", "label"} <= row.keys():
             if row["label"] not in ("A", "B", "tie"):
                 raise DataError(f"{where}: field 'label' is {row['label']!r}; use A, B or tie")
-            pairs.append(LabeledPair(str(row["prompt"]), str(row["a"]), str(row["b"]), row["label"], source=path.name))
+            rubric = row.get("rubric")
+            pairs.append(LabeledPair(str(row["prompt"]), str(row["a"]), str(row["b"]), row["label"],
+                                     rubric=None if rubric is None else str(rubric), source=path.name))
         else:
             raise DataError(f"{where}: needs 'chosen' and 'rejected' (or 'a', 'b' and 'label' A|B|tie)")
     if not pairs:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from personalign.config import Config
 from personalign.errors import PersonalignError
@@ -30,23 +30,48 @@ RM_FILE = "reward_model.json"
 MODEL_DIR = "reward_model"
 
 
-class RewardModelConfig(Config):
-    """How to build and train a reward model (written to the run dir as config.yaml)."""
+# Defaults that differ by kind: a Bradley-Terry head trains a small encoder in full; a generative judge is a
+# chat LM trained with LoRA (the only kind of training the Tinker service offers) on long comparison prompts.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bt": {"backbone": "minilm", "lora": False, "learning_rate": 5e-5, "max_length": 384},
+    "gen-rm": {"backbone": "default", "lora": True, "learning_rate": 5e-4, "max_length": 2048, "epochs": 4.0},
+}
 
-    backbone: str = Field("minilm", description="minilm | default (SmolLM2) | a causal-LM folder or hub id")
-    lora: bool = Field(False, description="train LoRA adapters (+ the score head) instead of all weights")
+
+class RewardModelConfig(Config):
+    """How to build and train a reward model (written to the run dir as config.yaml).
+
+    Fields left unset take the defaults of their `kind` (`KIND_DEFAULTS`); the resolved values are saved.
+    """
+
+    kind: Literal["bt", "gen-rm"] = Field(
+        "bt", description="bt: Bradley-Terry scalar head | gen-rm: a generative judge (an LM answering A or B)")
+    engine: str = Field("local", description="training engine (engines.ENGINES); bt needs a score head: local only")
+    backbone: str = Field("minilm", description="minilm | default (SmolLM2) | a causal-LM folder or hub id "
+                                                "(gen-rm: default)")
+    lora: bool = Field(False, description="train LoRA adapters (+ the score head) instead of all weights "
+                                          "(gen-rm: LoRA by default)")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0, description="(gen-rm default: 5e-4, LoRA)")
+    epochs: float = Field(1.0, gt=0, description="(gen-rm default: 4)")
     max_steps: int = Field(-1, description="stop after this many optimizer steps; -1 = run all epochs")
-    batch_size: int = Field(8, ge=1, description="pairs per step")
-    max_length: int = Field(384, ge=16, description="tokens per (prompt, response); longer inputs are cut")
+    batch_size: int = Field(8, ge=1, description="pairs per step (gen-rm: each pair in both orders)")
+    max_length: int = Field(384, ge=16, description="tokens per (prompt, response); longer inputs are cut "
+                                                    "(gen-rm: per comparison, default 2048)")
+    max_chars: int = Field(1500, ge=50, description="gen-rm: characters kept of the prompt and of each response")
     eval_every: int = Field(50, ge=1, description="held-out accuracy every N steps")
     save_every: int = Field(50, ge=1, description="checkpoint every N steps")
     heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
     device: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") in KIND_DEFAULTS:
+            data = {**KIND_DEFAULTS[data["kind"]], **{k: v for k, v in data.items() if v is not None}}
+        return data
 
 
 def bradley_terry_loss(

@@ -16,8 +16,11 @@ client-side renderer (GRPOTrainer renders chats itself); and rewards such as the
 the frozen reference policy inside the reward. The loop is one on-policy update per batch, so GRPO's
 clipped ratio is exactly 1 and drops out. Engine, checkpoints and resume come from `training.py`.
 
-Reward spec: comma list of `kind:weight` (or `rm:RUN_DIR[:weight]`), e.g. `rm:runs/rm-1,rules:0.5,length:0.2`.
-Kinds: `rm` (a trained reward model's score), `rules` (share of constraint checks + reward-hacking tells
+Reward spec: comma list of `kind:weight` (or `rm:RUN_DIR[:weight]`, `gen-rm:RUN_DIR[:weight]`), e.g.
+`rm:runs/rm-1,rules:0.5,length:0.2`. Kinds: `rm` (a trained reward model's score), `gen-rm` (a trained
+generative judge's probability that the text beats a reference-model sample, both orders averaged: the
+cookbook's preference reward against a fixed opponent rather than a within-group tournament, so it also
+scores the single greedy answer of the hacking monitor), `rules` (share of constraint checks + reward-hacking tells
 passed), `pairwise` (win rate against a reference-model sample, judge asked both orders), `length`
 (0 inside the profile's word range, down to −1 outside it).
 """
@@ -53,7 +56,8 @@ from personalign.methods.training import (
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir, seed_everything
 
-REWARD_KINDS = ("rm", "rules", "pairwise", "length")
+REWARD_KINDS = ("rm", "gen-rm", "rules", "pairwise", "length")
+RUN_DIR_KINDS = ("rm", "gen-rm")  # reward terms that name the run dir of a trained judge
 SUMMARY_FILE = "rl_summary.json"
 PLOT_FILE = "hacking.png"
 
@@ -62,7 +66,7 @@ PLOT_FILE = "hacking.png"
 class RewardTerm:
     kind: str
     weight: float
-    path: str | None = None  # rm only
+    path: str | None = None  # rm and gen-rm only
 
 
 def parse_reward_spec(spec: str) -> list[RewardTerm]:
@@ -76,16 +80,17 @@ def parse_reward_spec(spec: str) -> list[RewardTerm]:
         if kind not in REWARD_KINDS:
             raise PersonalignError(
                 f"reward {part!r}: unknown kind {kind!r}; use {', '.join(REWARD_KINDS)} as kind:weight "
-                "(rm:RUN_DIR[:weight]), e.g. --reward rm:runs/rm-1,rules:0.5"
+                "(rm:RUN_DIR[:weight], gen-rm:RUN_DIR[:weight]), e.g. --reward rm:runs/rm-1,rules:0.5"
             )
-        if kind == "rm":
+        if kind in RUN_DIR_KINDS:
             path, weight = rest, 1.0
             head, _, tail = rest.rpartition(":")
             with contextlib.suppress(ValueError):
                 weight, path = float(tail), head
             if not path:
-                raise PersonalignError(f"reward {part!r}: rm needs its run dir, e.g. rm:runs/reward-20260101-1200")
-            terms.append(RewardTerm("rm", weight, path))
+                raise PersonalignError(f"reward {part!r}: {kind} needs its run dir, e.g. "
+                                       f"{kind}:runs/reward-20260101-1200")
+            terms.append(RewardTerm(kind, weight, path))
             continue
         try:
             weight = float(rest) if rest else 1.0
@@ -127,7 +132,8 @@ def length_penalty(words: int, min_words: int | None, max_words: int | None) -> 
 
 
 class RLAIFConfig(MethodConfig, TrainConfig):
-    reward: str = Field("rules:1", description="weighted reward mix, e.g. 'rm:RUN_DIR,rules:0.5,length:0.2'")
+    reward: str = Field("rules:1", description="weighted reward mix, e.g. 'rm:RUN_DIR,rules:0.5,length:0.2' "
+                        "or 'gen-rm:RUN_DIR'")
     # No LoRA dropout: the policy's log-probs (train mode) and the reference's (eval mode) must be comparable.
     lora: LoraSettings = Field(default_factory=lambda: LoraSettings(dropout=0.0))
     max_steps: int = Field(40, ge=0, description="GRPO steps")
@@ -187,6 +193,7 @@ class RewardMix:
         self.reference = reference
         self.conversation = conversation
         self._rms: dict[str, Any] = {}
+        self._gen_rms: dict[str, Any] = {}
         self._base_samples: dict[str, str] = {}
         self.pairwise_judge = pairwise_judge
         self.seed = seed
@@ -200,16 +207,28 @@ class RewardMix:
             self._rms[path] = RewardModel.load(path)
         return self._rms[path]
 
-    def _pairwise(self, prompts: Sequence[str], texts: Sequence[str]) -> list[float]:
-        """Win rate (1 win, ½ tie, 0 loss) of each text against one reference sample for its prompt.
+    def _gen_rm(self, path: str) -> Any:
+        if path not in self._gen_rms:
+            from personalign.judges.generative import GenerativeJudge
 
-        An unparseable verdict scores ½ (no information) and is reported as `pairwise_unparseable`.
-        """
+            self._gen_rms[path] = GenerativeJudge.load(path)
+        return self._gen_rms[path]
+
+    def _reference_samples(self, prompts: Sequence[str]) -> list[str]:
+        """One reference-policy sample per prompt, drawn once and reused (the opponent of pairwise rewards)."""
         missing = sorted({p for p in prompts if p not in self._base_samples})
         if missing:
             sampling = SamplingConfig(temperature=0.7, max_new_tokens=self.max_new_tokens, seed=self.seed)
             outs = self.reference.generate([self.conversation(p) for p in missing], sampling)
             self._base_samples.update({p: o[0] for p, o in zip(missing, outs, strict=True)})
+        return [self._base_samples[p] for p in prompts]
+
+    def _pairwise(self, prompts: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """Win rate (1 win, ½ tie, 0 loss) of each text against one reference sample for its prompt.
+
+        An unparseable verdict scores ½ (no information) and is reported as `pairwise_unparseable`.
+        """
+        opponents = self._reference_samples(prompts)
         if self.pairwise_judge == "llm":
             from personalign.judges.llm import LLMJudge
 
@@ -218,8 +237,7 @@ class RewardMix:
             from personalign.judges.base import RulesJudge
 
             judge = RulesJudge()
-        verdicts = judge.compare_many(list(prompts), list(texts), [self._base_samples[p] for p in prompts],
-                                      self.profile)
+        verdicts = judge.compare_many(list(prompts), list(texts), opponents, self.profile)
         self.last_unparseable = sum(v.winner is None for v in verdicts) / max(1, len(verdicts))
         return [{"A": 1.0, "B": 0.0}.get(v.winner, 0.5) if v.winner is not None else 0.5 for v in verdicts]
 
@@ -234,6 +252,11 @@ class RewardMix:
         if term.kind == "rm":
             assert term.path is not None
             return self._rm(term.path).score(list(prompts), list(texts))
+        if term.kind == "gen-rm":
+            assert term.path is not None
+            opponents = self._reference_samples(prompts)
+            return [pref.p for pref in self._gen_rm(term.path).preferences(list(prompts), list(texts), opponents,
+                                                                          self.profile)]
         return self._pairwise(prompts, texts)
 
     def __call__(self, prompts: Sequence[str], texts: Sequence[str]) -> tuple[list[float], dict[str, list[float]]]:
@@ -304,7 +327,7 @@ class RLAIFMethod(Personalizer):
 
         data = TrainingData()
         for term in terms:
-            if term.kind == "rm" and term.path:
+            if term.kind in RUN_DIR_KINDS and term.path:
                 data = data.union(read_training_data(term.path))
         return data
 
