@@ -67,8 +67,8 @@ def test_judge_validate_ties_flag_offers_a_tie_to_the_llm_judge(tmp_path, monkey
     rates = {}
     for flag in ("--ties", "--no-ties"):
         out = tmp_path / flag.strip("-")
-        result = runner.invoke(app, ["judge", "validate", "--judge", "llm", flag, "--data", str(pairs), "--n-boot", "10",
-                                     "--out", str(out)])
+        result = runner.invoke(app, ["judge", "validate", "--judge", "llm", flag, "--data", str(pairs),
+                                     "--n-boot", "10", "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert f"ties: {str(flag == '--ties').lower()}" in (out / "config.yaml").read_text()
         summary = json.loads((out / "summary.json").read_text())[str(pairs)]
