@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: demo test install lint bench clean vllm-venv bench-serve
+.PHONY: demo test install lint bench clean vllm-venv bench-serve tinker-venv bench-tinker
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,5 +50,26 @@ $(VLLM_VENV)/.installed:
 
 vllm-venv: $(VLLM_VENV)/.installed
 
+# skyrl-tx, a local server of the Tinker API (JAX on CPU), in its own venv: it pins transformers < 5. The Tinker
+# client there is 0.13.1 (0.38 first calls a client_config endpoint skyrl-tx 0.3.0 lacks). The server starts its
+# engine as `uv run ... -m tx.tinker.engine`; bin/uv is a shim that runs the `-m ...` part with the venv's python.
+# model/ is the default model readable by transformers 4 (a separate folder; the cached one is never modified).
+TINKER_VENV := .venv-tinker
+$(TINKER_VENV)/.installed: $(STAMP)
+	$(PY) -m venv $(TINKER_VENV)
+	$(TINKER_VENV)/bin/pip install -q --upgrade pip
+	$(TINKER_VENV)/bin/pip install -q torch==2.13.0
+	$(TINKER_VENV)/bin/pip install -q 'skyrl-tx[tinker]==0.3.0' 'jax>=0.8,<1' 'flax>=0.12.2' 'optax>=0.2.5' tinker==0.13.1
+	printf '#!/bin/sh\n# uv stand-in for skyrl-tx: run the `-m MODULE ...` part of `uv run ...` with this venv.\nwhile [ $$# -gt 0 ] && [ "$$1" != "-m" ]; do shift; done\nexec "$$(dirname "$$0")/python" "$$@"\n' > $(TINKER_VENV)/bin/uv
+	chmod +x $(TINKER_VENV)/bin/uv
+	$(BIN)/python -m personalign.engines.tinker_server prepare $(TINKER_VENV)/model
+	JAX_PLATFORMS=cpu $(TINKER_VENV)/bin/python -c "import tx.tinker.api, tinker"
+	touch $@
+
+tinker-venv: $(TINKER_VENV)/.installed
+
+bench-tinker: tinker-venv
+	$(BIN)/python bench/tinker.py --out bench/results/tinker.json
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(TINKER_VENV) runs .pytest_cache

@@ -40,6 +40,15 @@ class OpenAISettings(Config):
     concurrency: int = Field(8, ge=1, description="requests in flight at once (a batch is sent concurrently)")
 
 
+class TinkerSettings(Config):
+    """How `backend: tinker` and the `tinker` engine reach a Tinker-API service (Tinker, or a local skyrl-tx)."""
+
+    base_url: str | None = Field(None, description="service URL; None = TINKER_BASE_URL, else the Tinker cloud "
+                                 "(a local skyrl-tx server: http://127.0.0.1:PORT)")
+    api_key_env: str = Field("TINKER_API_KEY", description="environment variable holding the key (tml-...)")
+    timeout_s: float = Field(10.0, gt=0, description="the health check made before anything else")
+
+
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -48,8 +57,9 @@ class ModelConfig(Config):
 
     model: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a hub id or a folder; "
                        "with backend openai, the server's model name")
-    backend: Literal["hf", "openai"] = "hf"
+    backend: Literal["hf", "openai", "tinker"] = "hf"
     openai: OpenAISettings = Field(default_factory=OpenAISettings, description="used by backend: openai")
+    tinker: TinkerSettings = Field(default_factory=TinkerSettings, description="used by backend: tinker")
     dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 where the CPU/GPU supports it (≈2× faster generation here), else fp32"
     )

@@ -47,7 +47,7 @@ def export_run(config: ExportConfig) -> Path:
         if config.format == "adapter":
             _write_adapter(spec.run, manifest, tmp)
         else:
-            _write_merged(spec.run, config.device, tmp)
+            _write_merged(spec.run, config.device, tmp, manifest)
             if config.format == "ollama":
                 atomic_write_text(tmp / "Modelfile", modelfile(tmp, spec.run, manifest, record["prompted"]))
         atomic_write_json(tmp / EXPORT_FILE, record)
@@ -64,20 +64,38 @@ def _prompted(spec: Any, manifest: dict[str, Any]) -> bool:
     return bool(spec.prompted or str(manifest["method"]).endswith("+prompt"))
 
 
-def _write_adapter(run: Path, manifest: dict[str, Any], tmp: Path) -> None:
+def _local_adapter(run: Path, manifest: dict[str, Any]) -> Path:
+    """The run's adapter folder; a Tinker run's is the copy downloaded from the service at the end of training."""
     if not manifest.get("adapter"):
         raise PersonalignError(f"{run}: a full fine-tune has no adapter; use --format merged")
-    shutil.copytree(run / manifest["adapter"], tmp, dirs_exist_ok=True)
+    if manifest["model"].get("backend") != "tinker":
+        return run / manifest["adapter"]
+    if not manifest.get("local_adapter"):
+        why = manifest.get("local_adapter_error", "no local copy")
+        raise PersonalignError(f"{run}: this tinker run's adapter was not downloaded ({why}); export needs a local "
+                               f"copy, and its weights stay on the service at {manifest['adapter']}")
+    return run / manifest["local_adapter"]
+
+
+def _write_adapter(run: Path, manifest: dict[str, Any], tmp: Path) -> None:
+    shutil.copytree(_local_adapter(run, manifest), tmp, dirs_exist_ok=True)
     adapter_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
     adapter_config["base_model_name_or_path"] = _base_path(manifest)  # where PEFT finds the base to load on
     atomic_write_json(tmp / "adapter_config.json", adapter_config)
 
 
-def _write_merged(run: Path, device: str, tmp: Path) -> None:
+def _write_merged(run: Path, device: str, tmp: Path, manifest: dict[str, Any]) -> None:
     from personalign.methods.base import load_personalizer
 
     # fp32 for the merge (W + BA in full precision), saved back in the base checkpoint's own dtype.
-    backend = load_personalizer(run, device=device, dtype="fp32").backend
+    if manifest["model"].get("backend") == "tinker":  # the downloaded adapter on the base loaded here
+        from personalign.backends.hf import HFBackend
+        from personalign.config import ModelConfig
+
+        backend: Any = HFBackend(ModelConfig(model=manifest["model"]["model"], device=device, dtype="fp32",
+                                             adapter=str(_local_adapter(run, manifest))))
+    else:
+        backend = load_personalizer(run, device=device, dtype="fp32").backend
     model = backend.model  # type: ignore[attr-defined]
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

@@ -132,3 +132,22 @@ def test_personalize_says_what_it_trains_on_before_training(tmp_path, chat_token
     assert "generated" in line and "rejected" in line and "training on" in line
     assert "warning: " in err and "below 8" in err  # 2 demonstrations + at most 2 synthetic rows
     assert err.index("synthetic: ") < err.index("warning: ")
+
+
+def test_engine_tinker_without_key_or_service_stops_before_any_run_dir(tmp_path, monkeypatch):
+    """`--engine tinker`: a missing key, then an unreachable service, each one line (exit 2), nothing created."""
+    from personalign.engines.tinker_server import free_port
+
+    profile = tmp_path / "toy.yaml"
+    profile.write_text(yaml.safe_dump(TOY))
+    args = ("personalize", "--profile", str(profile), "--method", "sft", "--engine", "tinker",
+            "--model", "Qwen/Qwen3-8B", "--out", str(tmp_path / "run"))
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "TINKER_API_KEY is not set" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    monkeypatch.setenv("TINKER_API_KEY", "tml-test")
+    result = cli(*args, "--tinker-url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert result.returncode == 2 and "unreachable" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

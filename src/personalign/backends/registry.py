@@ -15,4 +15,8 @@ def build_backend(config: ModelConfig) -> GenerationBackend:
         from personalign.backends.openai import OpenAIBackend
 
         return OpenAIBackend(config)
+    if config.backend == "tinker":
+        from personalign.backends.tinker import TinkerBackend
+
+        return TinkerBackend(config)
     raise ValueError(f"unknown backend {config.backend!r}")

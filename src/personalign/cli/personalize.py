@@ -50,7 +50,7 @@ def check_method(method: str) -> None:
 
 # Flags that set method_config fields, for errors in the user's words.
 METHOD_FLAGS = {"pairs": "--pairs", "synthetic_data": "--synthetic-data", "max_steps": "--max-steps",
-                "seed": "--seed", "reward": "--reward"}
+                "seed": "--seed", "reward": "--reward", "engine": "--engine"}
 
 
 def _check_method_fields(method: str, config_class: type, fields: dict[str, Any]) -> None:
@@ -103,6 +103,25 @@ def resume_note(path: Path) -> str:
     return "resume: no checkpoint was saved yet; training starts at step 0"
 
 
+def with_engine_backend(cfg: PersonalizeConfig, engine: str | None) -> PersonalizeConfig:
+    """`--engine tinker` trains on the service, so the model is the service's (backend tinker); a model on the
+    service trains nowhere else."""
+    if engine == "tinker":  # key and service checked before a run dir or anything else exists
+        from personalign.engines.tinker import check_service
+
+        settings = cfg.model.tinker
+        check_service(settings.base_url, settings.api_key_env, settings.timeout_s)
+    if engine == "tinker" and cfg.model.backend != "tinker":
+        if cfg.model.backend == "openai":
+            raise PersonalignError("--engine tinker: the model runs on the Tinker service; drop model.backend: openai")
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"backend": "tinker"})})
+    if cfg.model.backend == "tinker" and engine not in (None, "tinker"):
+        raise PersonalignError(f"--engine {engine}: model.backend tinker trains only with --engine tinker")
+    if cfg.model.backend == "tinker" and engine is None:
+        raise PersonalignError("model.backend: tinker: pass --engine tinker (training then runs on the service)")
+    return cfg
+
+
 def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
     """Fit the method on the profile and write config, env, metrics, adapter and method.json."""
     from personalign.backends.registry import build_backend
@@ -121,6 +140,7 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
 
         load_pairs(method_fields["pairs"])  # fail on a bad pair file before loading any model
     _check_method_fields(cfg.method, cls.config_class, method_fields)
+    cfg = with_engine_backend(cfg, method_fields.get("engine"))
     if cfg.feedback:
         from personalign.feedback.training import apply_feedback, read_feedback
 
@@ -162,6 +182,12 @@ def personalize(
         "--reward", help="rlaif: e.g. rm:RUN_DIR,rules:0.5,length:0.2", show_default="the method's")] = None,
     feedback: Annotated[Path | None, typer.Option("--feedback", help="studio feedback DB to train on")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="training seed", show_default="0")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="local | tinker (a Tinker-API service; --model as the service names it)",
+        show_default="local")] = None,
+    tinker_url: Annotated[str | None, typer.Option(
+        "--tinker-url", help="Tinker service URL (e.g. a local skyrl-tx server)",
+        show_default="TINKER_BASE_URL or the Tinker cloud")] = None,
     model: ModelOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
@@ -177,6 +203,7 @@ def personalize(
          "method_config.pairs": str(pairs) if pairs else None,
          "method_config.synthetic_data": str(synthetic_data) if synthetic_data else None,
          "method_config.max_steps": max_steps, "method_config.seed": seed, "method_config.reward": reward,
+         "method_config.engine": engine, "model.tinker.base_url": tinker_url,
          "feedback": str(feedback) if feedback else None},
     )
     path = train(cfg)

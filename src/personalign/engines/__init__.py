@@ -10,7 +10,7 @@ from typing import Any
 from personalign.engines.base import LoraSettings, TrainingEngine
 from personalign.errors import PersonalignError
 
-ENGINES = ("local",)
+ENGINES = ("local", "tinker")
 
 
 def build_engine(name: str, backend: Any, lora: LoraSettings, init_adapter: str | None = None) -> TrainingEngine:
@@ -25,4 +25,12 @@ def build_engine(name: str, backend: Any, lora: LoraSettings, init_adapter: str 
                 f"got {type(backend).__name__}"
             )
         return LocalEngine(backend, lora, init_adapter)
+    if name == "tinker":
+        from personalign.backends.tinker import TinkerBackend
+        from personalign.engines.tinker import TinkerEngine
+
+        if not isinstance(backend, TinkerBackend):
+            raise PersonalignError(f"engine 'tinker' trains on a Tinker service and needs model.backend: tinker "
+                                   f"(`personalize --engine tinker` sets it), got {type(backend).__name__}")
+        return TinkerEngine(backend, lora, init_adapter)
     raise PersonalignError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

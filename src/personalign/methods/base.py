@@ -171,7 +171,9 @@ def load_personalizer(
     manifest = read_manifest(run_dir)
     placement = {k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None}
     model = ModelConfig.model_validate(manifest["model"]).model_copy(update=placement)
-    if manifest.get("adapter"):
+    if manifest.get("adapter") and str(manifest["adapter"]).startswith("tinker://"):
+        model = model.model_copy(update={"adapter": manifest["adapter"]})  # weights on the service, not a path
+    elif manifest.get("adapter"):
         adapter = Path(manifest["adapter"])
         model = model.model_copy(update={"adapter": str(adapter if adapter.is_absolute() else Path(run_dir) / adapter)})
     method_config = validate_method_config(manifest["method"], manifest.get("config"))

@@ -41,7 +41,9 @@ CHECKPOINT_DIR = "checkpoints"
 class TrainConfig(Config):
     """Fields every training method shares (each method's config extends this)."""
 
-    engine: Literal["local"] = Field("local", description="where training runs: local (this process, CPU or GPU)")
+    engine: Literal["local", "tinker"] = Field(
+        "local", description="where training runs: local (this process, CPU or GPU), tinker (a Tinker-API service; "
+        "model.backend: tinker)")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -220,7 +222,9 @@ def save_trained(personalizer: Any, run_dir: Any, engine: TrainingEngine) -> str
     saved = engine.save_weights(run_dir.path)
     config = personalizer.backend.config
     if "adapter" in saved:
-        personalizer.save_manifest(run_dir, config, adapter=saved["adapter"])
+        # Remote engines record more than the adapter (tinker: its training checkpoint, a local copy).
+        personalizer.save_manifest(run_dir, config, adapter=saved["adapter"],
+                                   **{k: v for k, v in saved.items() if k != "adapter"})
         return str(saved["adapter"])
     personalizer.save_manifest(run_dir, config.model_copy(update={"model": saved["model"], "adapter": None}),
                                adapter=None)
