@@ -3,10 +3,10 @@
     python bench/judges.py --out bench/results/judges.json [--rm-steps 6] [--llm-limit 12] [--rm-limit 100]
 
 Part 1: BT reward-model training on hh-rlhf harmless pairs (batch 8 pairs, ≤ 128 tokens each) through
-`train_reward_model` (TRL RewardTrainer) for each backbone: minilm (full fine-tuning) and SmolLM2-135M
-(LoRA r=8 on all linear layers; `--with-full` adds full fine-tuning, which needs ≈10 GB of RAM).
-Seconds per optimizer step are timed by a trainer callback; the median after one warm-up step gives
-pairs/s, and the ratio is against minilm measured in the same script.
+`train_reward_model` (the BT loss through the local engine) for each backbone: minilm (full fine-tuning)
+and SmolLM2-135M (LoRA r=8 on all linear layers; `--with-full` adds full fine-tuning, ≈10 GB of RAM).
+Seconds per optimizer step (forward_backward + optim_step) are timed by the trainer's `on_step` hook; the
+median after one warm-up step gives pairs/s, and the ratio is against minilm measured in the same script.
 Part 2: `judge validate` on the four built-in sets: rules (every pair), a minilm RM trained on
 hh-rlhf harmless (`--rm-train` pairs, 1 epoch; its own held-out accuracy reported) on `--rm-limit`
 pairs per set, and the default model as LLM judge on `--llm-limit` pairs per set (both orders).
@@ -31,18 +31,9 @@ SETS = ["prometheus-hhh", "autoj", "llmbar", "mtbench-human"]
 
 
 def rm_throughput(backbone: str, lora: bool, steps: int, pairs: list, max_length: int) -> dict:
-    from transformers import TrainerCallback
-
     import personalign.judges.reward_model as rmmod
 
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            times.append(time.perf_counter() - self.start)
 
     config = rmmod.RewardModelConfig(
         backbone=backbone, lora=lora, max_steps=steps + 1, batch_size=8, max_length=max_length, learning_rate=1e-4,
@@ -50,7 +41,7 @@ def rm_throughput(backbone: str, lora: bool, steps: int, pairs: list, max_length
     )
     with tempfile.TemporaryDirectory() as tmp:
         rmmod.train_reward_model(pairs[: 8 * (steps + 1)], config, RunDir(tmp), progress=False, heldout=[],
-                                 callbacks=[Timer()])
+                                 on_step=lambda step, seconds: times.append(seconds))
     measured = times[1:]  # the first step pays one-off allocation costs
     median = statistics.median(measured)
     return {"backbone": backbone, "lora": lora, "steps": len(measured), "median_step_s": median,

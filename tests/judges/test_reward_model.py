@@ -96,11 +96,12 @@ def test_tiny_encoder_rm_learns_and_resumes(tmp_path):
     assert summary["heldout_loss"] == pytest.approx(heldout_loss(rm, heldout), abs=1e-6)
     assert summary["heldout_loss"] < loss_before
     assert summary["heldout_accuracy"] == 1.0
-    # resume: a longer run continues from checkpoint-12 instead of starting over
+    # resume: a longer run continues from the step-12 checkpoint instead of starting over
     longer = config.model_copy(update={"max_steps": 18})
     rm2, summary2 = train_reward_model(train, longer, run, resume=True, progress=False, rm=_tiny_bert_rm(),
                                        heldout=heldout)
-    assert summary2["resumed_from"].endswith("checkpoint-12") and summary2["steps"] == 18
+    assert summary2["resumed_from"].endswith("step-000012") and summary2["steps"] == 18
+    assert [r["step"] for r in run.metrics if "loss" in r] == list(range(1, 19))  # 1-12, then 13-18 only
     # the saved model reloads with identical scores and works as a judge
     loaded = RewardModel.load(run.path, device="cpu")
     texts = [heldout[0].a, heldout[0].b]
@@ -129,3 +130,58 @@ def test_causal_lm_rm_with_lora_trains_saves_and_reloads(tmp_path, chat_tokenize
     loaded = RewardModel.load(run.path, device="cpu")
     texts = ["thanks for the note", "dear [your name]"]
     assert loaded.score(["p", "p"], texts) == pytest.approx(rm.score(["p", "p"], texts), abs=1e-4)
+
+
+def test_bt_training_through_the_engine_is_trl_rewardtrainers_recipe(tmp_path):
+    """Same per-step losses as a plain torch loop of TRL RewardTrainer's recipe (AdamW, linear decay, grad-norm
+    clip 1, dropout off, chosen + rejected right-padded into one forward, BT loss with margins). Checked
+    once against the TRL RewardTrainer path this replaced: max |Δloss| ≤ 3e-6 over 10 steps (fused vs
+    unfused AdamW), with and without LoRA and margins."""
+    pairs = _toy_pairs(8)
+    for i, pair in enumerate(pairs):
+        pair.margin = 0.25 * (i % 3)
+    config = RewardModelConfig(learning_rate=3e-2, max_steps=6, batch_size=8, eval_every=100, save_every=100)
+    run = RunDir(tmp_path / "rm")
+    train_reward_model(pairs, config, run, progress=False, rm=_tiny_bert_rm(), heldout=[])
+    engine_losses = [r["loss"] for r in run.metrics if "loss" in r]
+
+    from personalign.methods.training import batch_indices
+
+    rm = _tiny_bert_rm()  # the same initial weights (seeded)
+    encoded = [(rm.encode(p.prompt, p.chosen_rejected()[0]), rm.encode(p.prompt, p.chosen_rejected()[1]), p.margin)
+               for p in pairs]
+    optimizer = torch.optim.AdamW(rm.model.parameters(), lr=3e-2, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (6 - s) / 6)
+    rm.model.eval()  # TRL's disable_dropout
+    plain = []
+    for step in range(6):
+        # the engine's seeded pair order (it matters: this toy run amplifies float-order differences ~10×/step)
+        batch = [encoded[i] for i in batch_indices(8, 8, step, seed=0)]
+        seqs = [c for c, _, _ in batch] + [r for _, r, _ in batch]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [rm.tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        c, r = rm.model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).chunk(2)
+        loss = bradley_terry_loss(c, r, torch.tensor([m for _, _, m in batch]))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rm.model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        plain.append(float(loss.detach()))
+    assert engine_losses == pytest.approx(plain, abs=1e-6)
+    assert plain[-1] < plain[0] - 0.1  # it moved: the comparison is not of a flat line
+
+
+def test_a_bt_rm_needs_an_engine_with_a_score_head(tiny_backend):
+    from personalign.engines.base import Datum, LoraSettings, ScoreLoss
+    from personalign.engines.local import LocalEngine
+    from personalign.errors import PersonalignError
+    from personalign.judges.reward_model import check_engine
+
+    with pytest.raises(PersonalignError, match="engine 'tinker' has no scalar score head"):
+        check_engine(RewardModelConfig(engine="tinker"))
+    check_engine(RewardModelConfig(kind="gen-rm", engine="tinker"))  # a generative judge needs no score head
+    engine = LocalEngine(tiny_backend, LoraSettings())  # a causal LM: no score head either
+    with pytest.raises(PersonalignError, match="no scalar score head"):
+        engine.forward_backward([Datum([1, 2], [])], ScoreLoss(lambda data, scores: (scores.sum(), {})))

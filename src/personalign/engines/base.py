@@ -6,9 +6,13 @@ drives an engine through a handful of calls:
 - `forward_backward(data, loss)`: accumulate the gradient of `loss` over `data`. `loss` is a built-in
   (`CrossEntropy` with per-token weights; `PolicyLoss`, the importance-sampling / PPO-clip loss with
   advantages for GRPO) or a `CustomLoss`, any function of the per-token log-probabilities (DPO, DITTO);
+  `ScoreLoss`, a function of a score head's scalar per sequence (the Bradley-Terry reward model), exists
+  only on engines that hold a sequence-classification model (`local`; the Tinker service trains LM heads
+  only, so its engine refuses it);
 - `forward(data, loss)`: the same without a gradient (held-out loss);
 - `optim_step(AdamParams)`: one Adam step on the accumulated gradient, then zero it;
 - `sample(prompts, sampling)` from the current weights, `compute_logprobs(data)` of given completions;
+  `compute_scores(data)` of a score head, where the engine has one;
 - `snapshot()`: a frozen `SamplingClient` at the current weights (π_ref);
 - `save_state` / `load_state` (resume), `save_weights` (export for generation).
 
@@ -31,6 +35,7 @@ import torch
 from pydantic import Field
 
 from personalign.config import Config, SamplingConfig
+from personalign.errors import PersonalignError
 
 T = TypeVar("T")
 
@@ -151,7 +156,24 @@ class CustomLoss:
     name: str = "custom"
 
 
-Loss = CrossEntropy | PolicyLoss | CustomLoss
+# fn(data, scores) → (scalar loss, metrics); `scores` holds the score head's output per datum (prompt +
+# completion read as one sequence, the score taken at its last token).
+ScoreLossFn = Callable[[Sequence[Datum], torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class ScoreLoss:
+    """Any differentiable function of a score head's per-sequence scalars (the Bradley-Terry reward model).
+
+    Needs a sequence-classification model: the `local` engine with one supports it; engines without a
+    score head (Tinker) raise a `PersonalignError` saying so.
+    """
+
+    fn: ScoreLossFn
+    name: str = "score"
+
+
+Loss = CrossEntropy | PolicyLoss | CustomLoss | ScoreLoss
 
 
 def policy_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
@@ -183,6 +205,11 @@ def policy_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
 
 
 # ---- the engine -------------------------------------------------------------------------------------
+def no_score_head(engine: str) -> PersonalignError:
+    return PersonalignError(f"engine {engine!r} has no scalar score head (ScoreLoss, the Bradley-Terry reward "
+                            "model); train it on engine local, or train a generative judge (--kind gen-rm)")
+
+
 class SamplingClient(ABC):
     """Sampling and scoring at fixed weights (a snapshot, or the training engine's current weights)."""
 
@@ -212,6 +239,10 @@ class TrainingEngine(SamplingClient):
     @abstractmethod
     def forward(self, data: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardOutput]:
         """`loss` over `data` without a gradient and without dropout."""
+
+    def compute_scores(self, data: Sequence[Datum]) -> Future[torch.Tensor]:
+        """A score head's scalar per datum (no gradient); only engines holding a sequence classifier have one."""
+        raise no_score_head(self.name)
 
     @abstractmethod
     def optim_step(self, params: AdamParams) -> Future[dict[str, float]]:

@@ -27,8 +27,10 @@ from personalign.engines.base import (
     PolicyLoss,
     SampledSequence,
     SamplingClient,
+    ScoreLoss,
     TokenLogprobs,
     TrainingEngine,
+    no_score_head,
     policy_loss,
     resolved,
 )
@@ -52,18 +54,27 @@ def apply_lora(model: Any, settings: LoraSettings) -> Any:
         return model
     from peft import LoraConfig, get_peft_model
 
+    # "all-linear" is peft's own shorthand (every linear layer but the output head).
+    targets: list[str] | str = "all-linear" if settings.target_modules == ["all-linear"] else settings.target_modules
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in settings.target_modules if m not in present]
+    missing = [m for m in settings.target_modules if m not in present and targets != "all-linear"]
     if missing:
         raise PersonalignError(
             f"lora.target_modules: {missing} not found in the model; use module names it has, "
             f"e.g. {sorted(n for n in present if n.endswith('proj'))[:8]}"
         )
+    # SEQ_CLS keeps a sequence classifier's fresh score head fully trainable (peft adds it to modules_to_save).
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules), task_type="CAUSAL_LM",
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        task_type="SEQ_CLS" if is_sequence_classifier(model) else "CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def is_sequence_classifier(model: Any) -> bool:
+    """A transformers `...ForSequenceClassification` model (a score head instead of an LM head)."""
+    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def load_trainable_adapter(model: Any, adapter: str | Path) -> Any:
@@ -166,6 +177,22 @@ def token_logprobs(model: Any, pairs: Sequence[Pair], pad_id: int,
     return logp, mask
 
 
+def sequence_scores(model: Any, sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """A score head's scalar per sequence, right-padded (as TRL's preference collator pads): the classifier
+    reads the last non-pad token through `config.pad_token_id`."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    if logits.dim() != 2 or logits.shape[-1] != 1:
+        raise PersonalignError("ScoreLoss needs a model with a one-output score head (a sequence classifier), "
+                               f"got logits of shape {tuple(logits.shape)}")
+    return logits.squeeze(-1).float()
+
+
 def _right_aligned(rows: Sequence[Sequence[float] | None], fallback: torch.Tensor) -> torch.Tensor:
     """Per-datum token lists placed like `token_logprobs` output (right edge); missing rows use `fallback`."""
     out = fallback.detach().clone()
@@ -215,6 +242,10 @@ class LocalEngine(TrainingEngine):
             raise PersonalignError("forward_backward: empty batch")
         pairs = [(d.prompt, d.completion) for d in data]
         device = self.backend.device
+        if isinstance(loss, ScoreLoss):
+            self._require_score_head()
+            value, metrics = loss.fn(data, sequence_scores(self.model, [p + c for p, c in pairs], self.pad_id, device))
+            return value, ForwardBackwardOutput(float(value.detach()), [], dict(metrics))
         if isinstance(loss, CrossEntropy):
             batch = sft_batch(pairs, self.pad_id)
             value = sft_loss(self.model, batch, device, _weights_tensor(data, batch["input_ids"].shape[1]))
@@ -235,12 +266,18 @@ class LocalEngine(TrainingEngine):
         elif isinstance(loss, CustomLoss):
             value, metrics = loss.fn(data, TokenLogprobs(logp, mask))
         else:
-            raise PersonalignError(f"unknown loss {loss!r}; use CrossEntropy, PolicyLoss or CustomLoss")
+            raise PersonalignError(f"unknown loss {loss!r}; use CrossEntropy, PolicyLoss, CustomLoss or ScoreLoss")
         sums = (logp.detach() * mask).sum(dim=-1).tolist()
         return value, ForwardBackwardOutput(float(value.detach()), sums, dict(metrics))
 
+    def _require_score_head(self) -> None:
+        model = self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
+        if not is_sequence_classifier(model):
+            raise no_score_head(f"{self.name} (a causal LM)")
+
     def forward_backward(self, data: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardOutput]:
-        # Dropout on for SFT; off for log-prob losses, so the policy's log-probs are comparable to π_ref's.
+        # Dropout on for SFT; off for log-prob and score losses (log-probs comparable to π_ref's; TRL's
+        # RewardTrainer disables dropout too).
         self.model.train(isinstance(loss, CrossEntropy))
         value, out = self._loss(data, loss)
         value.backward()
@@ -284,6 +321,15 @@ class LocalEngine(TrainingEngine):
             values[rows, keep - logp.shape[1]:] = logp.cpu()
             mask[rows, keep - logp.shape[1]:] = m.cpu()
         return resolved(TokenLogprobs(values, mask))
+
+    @torch.no_grad()
+    def compute_scores(self, data: Sequence[Datum]) -> Future[torch.Tensor]:
+        self._require_score_head()
+        self.model.eval()
+        sequences = [d.prompt + d.completion for d in data]
+        scores = [sequence_scores(self.model, sequences[i : i + self.logprob_batch_size], self.pad_id,
+                                  self.backend.device).cpu() for i in range(0, len(sequences), self.logprob_batch_size)]
+        return resolved(torch.cat(scores) if scores else torch.zeros(0))
 
     def snapshot(self) -> SamplingClient:
         return LocalSnapshot(self, trainable_state(self.model))

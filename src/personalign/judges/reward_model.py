@@ -2,16 +2,20 @@
 
 Backbones: `minilm` (the shipped all-MiniLM-L6-v2 as a one-output sequence regressor over the
 (prompt, response) pair; fast on CPU) or any causal LM with a scalar head on its last token (`default` =
-SmolLM2-135M-Instruct), full fine-tuning or LoRA. Training runs through TRL's `RewardTrainer` on inputs
-we tokenize ourselves (so the causal LM sees the exact chat rendering generation uses); held-out
-accuracy every `eval_every` steps lands in the run dir's metrics.jsonl, checkpoints every `save_every`
-steps, and `resume=True` continues from the last one.
+SmolLM2-135M-Instruct), full fine-tuning or LoRA. Training runs through the engine protocol (the BT loss as
+a `ScoreLoss` on the local engine, the one with a score head) with TRL RewardTrainer's recipe, on inputs we
+tokenize ourselves (so the causal LM sees the exact chat rendering generation uses); held-out accuracy
+every `eval_every` steps lands in the run dir's metrics.jsonl, checkpoints every `save_every` steps, and
+`resume=True` continues from the last one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +23,9 @@ import torch
 from pydantic import Field, model_validator
 
 from personalign.config import Config
+from personalign.engines.base import Datum, LoraSettings, ScoreLoss, no_score_head
 from personalign.errors import PersonalignError
+from personalign.io import atomic_dir
 from personalign.judges.base import Judge, JudgeScore
 from personalign.judges.labeled_sets import LabeledPair
 from personalign.profiles.schema import Profile
@@ -79,10 +85,22 @@ def bradley_terry_loss(
 ) -> torch.Tensor:
     """-log σ(r_chosen − r_rejected − margin), averaged: the loss TRL's RewardTrainer minimizes.
 
-    Training reports it on the held-out pairs before and after (`heldout_loss_before`, `heldout_loss`).
+    Training minimizes it (`bt_score_loss`) and reports it on the held-out pairs before and after
+    (`heldout_loss_before`, `heldout_loss`).
     """
     diff = chosen - rejected - (margin if margin is not None else 0.0)
     return -torch.nn.functional.logsigmoid(diff).mean()
+
+
+# Engines with a scalar score head. The Tinker service trains LM heads only (no sequence classifier), so a
+# Bradley-Terry RM cannot train there; a generative judge (`--kind gen-rm`) is the reward model that can.
+SCORE_HEAD_ENGINES = ("local",)
+
+
+def check_engine(config: RewardModelConfig) -> None:
+    """Refuse, before any model loads, a BT reward model on an engine without a score head."""
+    if config.kind == "bt" and config.engine not in SCORE_HEAD_ENGINES:
+        raise no_score_head(config.engine)
 
 
 def resolve_backbone(backbone: str) -> tuple[str, Literal["encoder", "causal"]]:
@@ -256,42 +274,36 @@ def pairwise_accuracy(rm: RewardModel, pairs: Sequence[LabeledPair]) -> float:
     return sum(scores[i] > scores[n + i] for i in range(n)) / n
 
 
-def _dataset(rm: RewardModel, pairs: Sequence[LabeledPair]) -> Any:
-    from datasets import Dataset
+def bt_score_loss(margins: torch.Tensor | None) -> ScoreLoss:
+    """The Bradley-Terry loss as the engine's `ScoreLoss`: data = a batch's chosen inputs, then its rejected ones
+    (one forward over both, as TRL's RewardTrainer does). Metrics: pair accuracy and mean reward margin."""
 
-    with_margin = any(p.margin is not None for p in pairs)
-    rows = []
-    for pair in pairs:
-        chosen, rejected = pair.chosen_rejected()  # type: ignore[misc]
-        row: dict[str, Any] = {"chosen_ids": rm.encode(pair.prompt, chosen), "rejected_ids": rm.encode(pair.prompt,
-                                                                                                         rejected)}
-        if with_margin:
-            row["margin"] = float(pair.margin or 0.0)
-        rows.append(row)
-    return Dataset.from_list(rows)
+    def fn(data: Sequence[Datum], scores: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected = scores.chunk(2)
+        loss = bradley_terry_loss(chosen, rejected, None if margins is None else margins.to(scores.device))
+        gap = (chosen - rejected).detach()
+        return loss, {"accuracy": float((gap > 0).float().mean()), "margin": float(gap.mean())}
 
-
-def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return ScoreLoss(fn, name="bradley_terry")
 
 
 def train_reward_model(
     pairs: Sequence[LabeledPair], config: RewardModelConfig, run_dir: RunDir, resume: bool = False,
     progress: bool = True, rm: RewardModel | None = None, heldout: Sequence[LabeledPair] | None = None,
-    callbacks: Sequence[Any] = (),
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[RewardModel, dict[str, Any]]:
     """Train a BT reward model into `run_dir`; returns it and a summary (held-out accuracy before/after).
 
-    `rm` injects an already-built model (tests use a tiny one); `heldout` overrides the seeded split;
-    `callbacks` are extra transformers TrainerCallbacks (benchmarks time steps with one).
+    Runs through the engine protocol (`ScoreLoss` + `optim_step`) with TRL RewardTrainer's recipe: AdamW,
+    linear decay from `learning_rate`, gradient norm clipped at 1, dropout off, chosen and rejected inputs
+    right-padded into one forward. `rm` injects an already-built model (tests use a tiny one); `heldout`
+    overrides the seeded split; `on_step(step, seconds)` is called after each optimizer step (benchmarks).
     """
-    from transformers import TrainerCallback
-    from trl import RewardConfig, RewardTrainer
-
+    from personalign.engines.local import LocalEngine
+    from personalign.methods.training import TrainConfig, TrainingSession, batch_indices
     from personalign.runs import seed_everything
 
+    check_engine(config)
     seed_everything(config.seed)
     if heldout is None:
         train, heldout = split_pairs(pairs, config.heldout_fraction, config.seed)
@@ -302,53 +314,60 @@ def train_reward_model(
     rm = rm or RewardModel.fresh(config)
     before = pairwise_accuracy(rm, heldout) if heldout else float("nan")
     loss_before = heldout_loss(rm, heldout) if heldout else float("nan")
-    checkpoints = run_dir.path / "checkpoints"
-    args = RewardConfig(
-        output_dir=str(checkpoints), per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size, learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs, max_steps=config.max_steps, max_length=None,  # inputs already cut
-        eval_strategy="steps" if heldout else "no", eval_steps=config.eval_every, save_strategy="steps",
-        save_steps=config.save_every, save_total_limit=2, logging_steps=min(10, config.eval_every),
-        report_to=[], seed=config.seed, bf16=False, gradient_checkpointing=False, disable_tqdm=not progress,
-        use_cpu=rm.device.type == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
-        save_only_model=False,
-    )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
+    # LoRA on every linear layer; the score head stays fully trainable (SEQ_CLS, see engines.local.apply_lora).
+    lora = LoraSettings(enabled=config.lora, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0,
+                        target_modules=["all-linear"])
+    engine = LocalEngine(rm, lora)
+    encoded = [(rm.encode(p.prompt, cr[0]), rm.encode(p.prompt, cr[1]), p.margin)
+               for p in train for cr in [p.chosen_rejected()] if cr is not None]
+    with_margin = any(p.margin is not None for p in train)
+    per_epoch = math.ceil(len(encoded) / config.batch_size)
+    steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * per_epoch)
+    session = TrainingSession(engine, TrainConfig(
+        lr=config.learning_rate, lr_schedule="linear", grad_clip=1.0, batch_size=config.batch_size,
+        max_steps=steps, checkpoint_every=config.save_every, seed=config.seed), run_dir.path)
+    resumed_from = None
+    if resume and session.restore() is not None:
+        resumed_from = str(run_dir.path / "checkpoints" / f"step-{session.step:06d}")
+    start = time.perf_counter()
+    bar_ctx: Any = contextlib.nullcontext()
+    if progress:
+        from personalign.progress import Progress
 
-        # SEQ_CLS keeps the freshly initialized score head fully trainable (peft adds it to modules_to_save).
-        peft_config = LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha,
-                                 lora_dropout=0.0, target_modules="all-linear")
-
-    class _ToRunDir(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if logs:
-                run_dir.log_metrics({k: v for k, v in logs.items() if isinstance(v, int | float)},
-                                    step=state.global_step)
-
-    trainer = RewardTrainer(
-        model=rm.model, args=args, train_dataset=_dataset(rm, train),
-        eval_dataset=_dataset(rm, heldout) if heldout else None, processing_class=rm.tokenizer,
-        peft_config=peft_config, callbacks=[_ToRunDir(), *callbacks],
-    )
-    last = _last_checkpoint(checkpoints) if resume else None
-    output = trainer.train(resume_from_checkpoint=last)
-    rm.model = trainer.model
+        bar_ctx = Progress(transient=True)
+    with bar_ctx as bar:
+        task = bar.add_task("reward model", total=steps, completed=session.step) if bar is not None else None
+        while session.step < steps:
+            batch = [encoded[i] for i in batch_indices(len(encoded), config.batch_size, session.step, config.seed)]
+            margins = torch.tensor([float(m or 0.0) for _, _, m in batch]) if with_margin else None
+            data = [Datum(c, []) for c, _, _ in batch] + [Datum(r, []) for _, r, _ in batch]
+            tick = time.perf_counter()
+            out = session.update(data, bt_score_loss(margins))
+            if on_step is not None:
+                on_step(session.step, time.perf_counter() - tick)
+            record: dict[str, Any] = {"loss": out.loss, **out.metrics, "learning_rate": session.lr_at(session.step - 1)}
+            if heldout and (session.step % config.eval_every == 0 or session.step == steps):
+                record.update(eval_accuracy=pairwise_accuracy(rm, heldout), eval_loss=heldout_loss(rm, heldout))
+            run_dir.log_metrics(record, step=session.step)
+            if session.step % config.save_every == 0 or session.step == steps:
+                session.save()
+            if bar is not None:
+                bar.update(task, completed=session.step, description=f"reward model loss {out.loss:.3f}")
     after = pairwise_accuracy(rm, heldout) if heldout else float("nan")
     loss_after = heldout_loss(rm, heldout) if heldout else float("nan")
     weights = run_dir.path / MODEL_DIR
-    trainer.save_model(str(weights))
-    rm.tokenizer.save_pretrained(str(weights))
+    with atomic_dir(weights) as tmp:  # the layout `RewardModel.load` reads: weights (or adapter) + tokenizer
+        rm.model.save_pretrained(tmp, safe_serialization=True)
+        rm.tokenizer.save_pretrained(tmp)
     summary = {
         "backbone": config.backbone, "kind": rm.kind, "lora": config.lora, "max_length": config.max_length,
-        "train_pairs": len(train), "heldout_pairs": len(heldout), "heldout_accuracy_before": before,
-        "heldout_accuracy": after, "heldout_loss_before": loss_before, "heldout_loss": loss_after,
-        "steps": output.global_step, "train_seconds": output.metrics.get("train_runtime"),
-        "resumed_from": last,
+        "engine": engine.name, "train_pairs": len(train), "heldout_pairs": len(heldout),
+        "heldout_accuracy_before": before, "heldout_accuracy": after, "heldout_loss_before": loss_before,
+        "heldout_loss": loss_after, "steps": session.step, "train_seconds": time.perf_counter() - start,
+        "resumed_from": resumed_from,
     }
     run_dir.write_json(RM_FILE, summary)
     write_training_data(run_dir.path, TrainingData.of([p.prompt for p in train],
                                                       [t for p in train for t in p.chosen_rejected() or ()]))
-    run_dir.log_metrics({"final_heldout_accuracy": after}, step=output.global_step)
+    run_dir.log_metrics({"final_heldout_accuracy": after}, step=session.step)
     return rm, summary

@@ -50,8 +50,9 @@ class TrainConfig(Config):
     warmup_steps: int = Field(0, ge=0, description="linear warm-up from lr/warmup_steps to lr")
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="warm-up as a share of the run's steps; "
                                        "overrides warmup_steps")
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="after warm-up: constant, or cosine decay to 0 at the last step")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="after warm-up: constant, or cosine / linear decay to 0 at the last step "
+                                "(linear: transformers' default schedule)")
     grad_clip: float = Field(1.0, gt=0)
     batch_size: int = Field(4, ge=1)
     max_steps: int = Field(40, ge=0)
@@ -154,6 +155,9 @@ class TrainingSession:
         if self.config.lr_schedule == "cosine" and step >= warmup:
             progress = (step - warmup) / max(1, self.total_steps - warmup)
             return self.config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if self.config.lr_schedule == "linear" and step >= warmup:
+            # get_linear_schedule_with_warmup: step s of T updates with lr·(T − s)/(T − warmup)
+            return self.config.lr * max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
         return self.config.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
     def update(self, data: Sequence[Datum], loss: Loss) -> ForwardBackwardOutput:
