@@ -91,3 +91,39 @@ def test_sft_prompt_trains_like_sft_and_generates_with_the_prompt_conversation(t
     assert isinstance(run_prompted.backend, HFBackend) and run_prompted.backend.config.adapter
     reloaded_weights = adapter_weights(run_prompted)
     assert all(torch.equal(reloaded_weights[k], a[k]) for k in a)
+
+
+def test_reuse_trained_wraps_the_trained_adapter_only_when_training_fields_match(tiny_model, tmp_path):
+    from personalign.methods.prompted import reuse_trained
+
+    profile = toy_profile()
+    plain = resolve_personalizer("sft", profile=profile, model=tiny_model, method_config=QUICK,
+                                 run_dir=RunDir(tmp_path / "sft"))
+    fitted = {"sft": plain}
+    same = {"sft": QUICK, "sft+prompt": {**QUICK, "prompt": {"k": 1}}}
+    reused = reuse_trained("sft+prompt", fitted, same)
+    assert isinstance(reused, PromptedRun) and reused.name == "sft+prompt" and reused.inner is plain
+    assert reused.config.k == 1  # the `prompt` field still shapes generation
+    builder = PromptMethod(plain.backend, reused.config)
+    builder.profile = profile
+    assert reused.conversation("Greet Di.") == builder.conversation("Greet Di.")
+    # a different training field (or no trained base) means its own training
+    assert reuse_trained("sft+prompt", fitted, {"sft": QUICK, "sft+prompt": {**QUICK, "lr": 1e-3}}) is None
+    assert reuse_trained("ditto+prompt", fitted, {}) is None
+    assert reuse_trained("sft", fitted, same) is None
+
+
+def test_compare_trains_sft_once_for_sft_and_sft_prompt(tiny_model, tmp_path):
+    from personalign.evaluation.compare import CompareConfig, run_comparison
+    import yaml
+
+    data = toy_profile().model_dump(mode="json", exclude_none=True) | {"eval_prompts": [{"prompt": "Greet Di."}]}
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    config = CompareConfig(profile=str(path), methods=["sft", "sft+prompt"], model=tiny_model,
+                           method_configs={"sft": QUICK, "sft+prompt": QUICK}, out=str(tmp_path / "cmp"))
+    config.sampling.max_new_tokens = 4
+    run, summary = run_comparison(config, progress=False)
+    assert set(summary) == {"sft", "sft+prompt"}
+    trained = sorted(p.name for p in (run.path / "methods").iterdir())
+    assert trained == ["sft"]  # sft+prompt generated with sft's adapter instead of training a second one

@@ -37,12 +37,13 @@ from personalign.evaluation.winrate import pairwise_winrate, winrate_matrix
 from personalign.io import atomic_write_text
 from personalign.judges.rules import count_words
 from personalign.methods.base import Personalizer, available_methods, build_personalizer, method_class
+from personalign.methods.prompted import reuse_trained
 from personalign.profiles.ditto_authors import author_ids, author_profile, authorship_pools
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir, seed_everything
 from personalign.splits import assert_disjoint
 
-BENCH_METHODS = ("base", "prompt", "prompt-rag", "sft", "ditto")
+BENCH_METHODS = ("base", "prompt", "prompt-rag", "sft", "sft+prompt", "ditto", "ditto+prompt")
 QUICK_AUTHORS = (0, 1, 2)
 QUICK_MAX_NEW_TOKENS = 128
 PRIMARY = "authorship"
@@ -52,7 +53,7 @@ BASELINES = ("base", "prompt")
 class PeopleBenchConfig(Config):
     """What every per-person benchmark shares (DITTO's author sets, Enron): methods, model, sampling, judge, stats."""
 
-    methods: list[str] | None = Field(None, description="None = each available of base,prompt,prompt-rag,sft,ditto")
+    methods: list[str] | None = Field(None, description="None = each available of " + ",".join(BENCH_METHODS))
     quick: bool = Field(False, description="3 people, short generations, each method's quick settings")
     n_prompts: int | None = Field(None, ge=1, description="first K test prompts per person; None = all")
     data_dir: str | None = Field(None, description="folder of the data sets ($PERSONALIGN_DATA, ../shared/datasets)")
@@ -193,6 +194,7 @@ def run_people(
         return backend
 
     for author in people:
+        fitted: dict[str, Personalizer] = {}  # this person's trained methods: `X+prompt` reuses `X`'s adapter
         profile, judge, evaluators = prepare(author)
         eval_prompts = profile.eval_prompts[: cfg.n_prompts]
         assert judge.validity is not None
@@ -208,7 +210,10 @@ def run_people(
                 continue
             start = time.perf_counter()
             say(f"author {author}: {name} on {len(eval_prompts)} prompts")
-            personalizer = _fit(name, cfg, profile, shared, run, author)
+            personalizer = (reuse_trained(name, fitted, cfg.method_configs)
+                            or _fit(name, cfg, profile, shared, run, author))
+            if personalizer.trainable:
+                fitted[name] = personalizer
             personalizer.assert_not_trained_on([p.prompt for p in eval_prompts], references,
                                                who=f"method {name} (author {author})")
             samples = personalizer.generate([p.prompt for p in eval_prompts], sampling, progress=progress)
@@ -221,7 +226,8 @@ def run_people(
             run.add_outputs(rows)
             run.log_metrics({"kind": "author_method", "author": author, "method": name,
                              **_means(rows), "seconds": round(time.perf_counter() - start, 2)})
-            del personalizer  # a trained copy of the model per author: free it before the next
+            del personalizer
+        fitted.clear()  # a trained copy of the model per (person, method): free them before the next person
 
 
 def _means(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from personalign.config import Config, ModelConfig, SamplingConfig
 from personalign.errors import PersonalignError
 from personalign.judges.rules import compliance, count_words
 from personalign.methods.base import Personalizer
+from personalign.methods.prompted import reuse_trained
 from personalign.methods.spec import parse_spec, resolve_personalizer
 from personalign.profiles import Profile, load_profile
 from personalign.runs import RunDir, seed_everything
@@ -88,6 +89,7 @@ def run_comparison(
             summary[row["method"]] = {k: v for k, v in row.items() if k not in ("time", "kind", "method")}
 
     labels = [*config.methods, *[f"run:{Path(r).name}" for r in config.runs]]
+    fitted: dict[str, Personalizer] = {}  # trained this invocation: `X+prompt` reuses `X`'s adapter
     for label in labels:
         if label in done and label in summary:
             if echo is not None:
@@ -100,9 +102,12 @@ def run_comparison(
         else:
             if shared is None and not _is_trainable(label):
                 shared = build_backend(config.model)
-            personalizer = _fit_method(label, config, profile, shared, run)
+            personalizer = (reuse_trained(label, fitted, config.method_configs)
+                            or _fit_method(label, config, profile, shared, run))
             if personalizer.profile is None:
                 personalizer.profile = profile
+            if personalizer.trainable:
+                fitted[label] = personalizer
         personalizer.assert_not_trained_on(prompts, who=f"method {label}")
         if progress:
             from personalign.cli.common import console

@@ -7,7 +7,7 @@ run and a `sft` run differ only in what generation sends: here the system prompt
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -16,6 +16,7 @@ from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.ditto import DittoConfig, DittoMethod
 from personalign.methods.prompting import PromptConfig, PromptMethod
 from personalign.methods.sft import SFTConfig, SFTMethod
+from personalign.methods.spec import PROMPT_SUFFIX
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir
 from personalign.splits import TrainingData
@@ -85,3 +86,22 @@ class PromptedRun(Personalizer):
 
     def conversation(self, prompt: str) -> Conversation:
         return prompted_conversation(self.profile, self.config, prompt, self.name)  # type: ignore[arg-type]
+
+
+def reuse_trained(name: str, fitted: dict[str, Personalizer], method_configs: dict[str, dict[str, Any]]
+                  ) -> Personalizer | None:
+    """`sft+prompt` / `ditto+prompt` from the already trained `sft` / `ditto` of the same comparison.
+
+    They train exactly the same adapter (same data, config and seed), so training it twice only doubles the
+    cost; reused only when the two were given the same training fields (the `+prompt` one's `prompt` field
+    aside, which only changes generation)."""
+    base = name.removesuffix(PROMPT_SUFFIX)
+    if base == name or base not in fitted:
+        return None
+    own = {k: v for k, v in method_configs.get(name, {}).items() if k != "prompt"}
+    if own != method_configs.get(base, {}):
+        return None
+    prompt_config = PromptConfig.model_validate(method_configs.get(name, {}).get("prompt", {}))
+    reused = PromptedRun(fitted[base], prompt_config)
+    reused.name = name
+    return reused
