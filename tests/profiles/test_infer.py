@@ -104,6 +104,16 @@ def test_infer_profile_makes_a_valid_editable_profile():
     assert profile.constraints.sign_off == "Thanks,\nMira"
 
 
+def test_a_held_out_text_repeating_a_demonstration_is_left_out_of_the_eval_prompts():
+    # A resent email: same text (so same derived prompt) on both sides. Profile() would refuse it with a
+    # validation error; infer leaves it out of the eval prompts and says so in the evidence.
+    texts = read_like([signed(i) for i in range(6)])
+    resent = read_like([signed(2), signed(7)])
+    profile, inference = infer_profile(texts, eval_texts=resent)
+    assert [p.reference for p in profile.eval_prompts] == [signed(7)]
+    assert inference.evidence["eval_prompts"].startswith("1 held-out text(s) left out")
+
+
 def read_like(texts: list[str]):
     from personalign.profiles.infer import SourceText
 

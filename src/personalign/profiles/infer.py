@@ -37,6 +37,7 @@ from personalign.errors import DataError
 from personalign.io import read_jsonl, read_text
 from personalign.judges.rules import BULLET, compliance
 from personalign.profiles.schema import Constraints, Demonstration, EvalPrompt, Profile
+from personalign.splits import normalize
 
 # Characters and strings people differ on; one that a person never uses becomes a banned substring.
 MARKERS: tuple[str, ...] = ("—", "–", "!", ";", "…", "...", ":)", "*")
@@ -260,7 +261,19 @@ def infer_profile(
     inference = infer_constraints([t.text for t in texts], config)
     demos = [Demonstration(prompt=t.prompt or derive_prompt(t.text, t.subject)[0], output=t.text) for t in texts]
     rules = list(inference.rules) + ([f"Style: {style}"] if style else [])
-    evals = [EvalPrompt(prompt=t.prompt or derive_prompt(t.text, t.subject)[0], reference=t.text) for t in eval_texts]
+    # A held-out text whose prompt or text repeats a demonstration's (a resent or forwarded email) would be
+    # scored on what the profile trains on: it is left out of the eval prompts, and the evidence says so.
+    seen = {normalize(d.prompt) for d in demos} | {normalize(d.output) for d in demos}
+    evals: list[EvalPrompt] = []
+    for t in eval_texts:
+        item = EvalPrompt(prompt=t.prompt or derive_prompt(t.text, t.subject)[0], reference=t.text)
+        if normalize(item.prompt) in seen or normalize(t.text) in seen:
+            continue
+        seen.add(normalize(item.prompt))
+        evals.append(item)
+    if len(evals) < len(eval_texts):
+        inference.evidence["eval_prompts"] = (f"{len(eval_texts) - len(evals)} held-out text(s) left out: same prompt "
+                                              "or text as a demonstration or another held-out text")
     profile = Profile(name=name, task=task, demonstrations=demos, rules=rules, constraints=inference.constraints,
                       eval_prompts=evals)
     return profile, inference
