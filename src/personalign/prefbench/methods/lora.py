@@ -60,6 +60,9 @@ class LoRAEncoder(nn.Module):
         from personalign.backends.hf import resolve_device
 
         path = resolve_embedder_path(backbone)
+        from personalign.settings import quiet_third_party
+
+        quiet_third_party()  # bench workers are spawned processes: the CLI's silencing does not reach them
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             base = AutoModel.from_pretrained(path)

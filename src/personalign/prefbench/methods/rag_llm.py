@@ -35,6 +35,9 @@ class LLMJudge:
     def __init__(self, model: str, max_tokens: int = 2048):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from personalign.settings import quiet_third_party
+
+        quiet_third_party()  # bench workers are spawned processes: the CLI's silencing does not reach them
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForCausalLM.from_pretrained(model)
