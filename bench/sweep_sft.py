@@ -38,6 +38,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "mlp": {"lora": {"target_modules": MLP}},
     "mlp_lr5e-4_warm": {"lr": 5e-4, "warmup_steps": 3, "lora": {"target_modules": MLP}},
     "mlp_r32_steps48": {"max_steps": 48, "lora": {"r": 32, "alpha": 64, "target_modules": MLP}},
+    "mlp_lr1e-3_warm": {"lr": 1e-3, "warmup_steps": 3, "lora": {"target_modules": MLP}},
 }
 
 
