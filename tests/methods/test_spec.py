@@ -114,8 +114,9 @@ def test_reuse_trained_wraps_the_trained_adapter_only_when_training_fields_match
 
 
 def test_compare_trains_sft_once_for_sft_and_sft_prompt(tiny_model, tmp_path):
-    from personalign.evaluation.compare import CompareConfig, run_comparison
     import yaml
+
+    from personalign.evaluation.compare import CompareConfig, run_comparison
 
     data = toy_profile().model_dump(mode="json", exclude_none=True) | {"eval_prompts": [{"prompt": "Greet Di."}]}
     path = tmp_path / "toy.yaml"
