@@ -31,17 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 SEQ, BATCH = 256, 8
 
 
-def make_batch(backend) -> list[tuple[list[int], list[int]]]:
+def make_batch(backend, batch: int = BATCH, seq: int = SEQ) -> list[tuple[list[int], list[int]]]:
     """8 real chat examples from the example profile, each cut or padded with text to exactly 256 tokens."""
     from personalign.profiles import load_profile
 
     profile = load_profile(REPO / "configs" / "profiles" / "example.yaml")
     pairs = []
-    for i in range(BATCH):
+    for i in range(batch):
         demo = profile.demonstrations[i % len(profile.demonstrations)]
         prompt, completion = backend.prompt_completion_ids([{"role": "user", "content": demo.prompt}], demo.output * 3)
-        pairs.append((prompt, completion[: SEQ - len(prompt)]))
-    assert all(len(p) + len(c) == SEQ for p, c in pairs)
+        pairs.append((prompt, completion[: seq - len(prompt)]))
+    assert all(len(p) + len(c) == seq for p, c in pairs)
     return pairs
 
 

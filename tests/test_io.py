@@ -54,3 +54,20 @@ def test_read_json_names_file_line_and_expectation(tmp_path) -> None:
     assert read_json(good) == [{"a": 1}]
     with pytest.raises(DataError, match=r"bad\.json: invalid JSON \(.* at line 2\); expected a list of rows"):
         read_json(bad, expected="a list of rows")
+
+
+def test_forbidden_folder_refuses_every_atomic_write(tmp_path) -> None:
+    from personalign.io import atomic_dir, atomic_write_json, forbid_writes
+
+    run = tmp_path / "run"
+    forbid_writes(run)
+    try:
+        with pytest.raises(RuntimeError, match="only the main process"):
+            atomic_write_json(run / "metrics.jsonl", {})
+        with pytest.raises(RuntimeError, match="only the main process"), atomic_dir(run / "checkpoints" / "s1"):
+            pass
+        atomic_write_json(tmp_path / "elsewhere.json", {})  # outside the run dir: allowed
+    finally:
+        forbid_writes(None)
+    atomic_write_json(run / "metrics.jsonl", {})
+    assert not (run / "checkpoints").exists()

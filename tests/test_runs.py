@@ -129,3 +129,19 @@ def test_run_files_are_strict_json(tmp_path):
 
 def _reject(name: str) -> None:
     raise AssertionError(f"non-standard JSON constant {name}")
+
+
+def test_a_non_main_process_reads_the_run_dir_but_writes_nothing(tmp_path):
+    rank0 = RunDir.open(tmp_path / "run", "personalize", {"seed": 1})
+    rank0.log_metrics({"loss": 2.0}, step=1)
+    before = {p: p.read_bytes() for p in rank0.path.rglob("*") if p.is_file()}
+    other = RunDir.open(tmp_path / "run", "personalize", {"seed": 1}, writer=False)  # no "holds a run" refusal
+    other.write_config({"seed": 2})
+    other.write_env(seed=2, device="cpu")
+    other.log_metrics({"loss": 1.0}, step=2)
+    other.add_outputs([{"prompt": "p", "output": "o"}])
+    other.write_json("summary.json", {"x": 1})
+    other.mark_finished()
+    assert [r["loss"] for r in other.metrics] == [2.0, 1.0]  # its own rows stay in memory (rlaif reads them)
+    assert {p: p.read_bytes() for p in rank0.path.rglob("*") if p.is_file()} == before
+    assert not RunDir(tmp_path / "never", writer=False).path.exists()

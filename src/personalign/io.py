@@ -18,10 +18,32 @@ import yaml
 
 from personalign.errors import DataError
 
+# Folders this process must not write into: the run dir, in the non-main processes of a multi-process run
+# (rank 0 alone writes it). A write there is a bug, so it raises instead of racing rank 0 for the same file.
+_READ_ONLY: list[Path] = []
+
+
+def forbid_writes(folder: str | Path | None) -> None:
+    """Make every atomic write under `folder` raise in this process (None: allow writes everywhere again)."""
+    if folder is None:
+        _READ_ONLY.clear()
+    else:
+        _READ_ONLY.append(Path(folder).resolve())
+
+
+def _check_writable(path: Path) -> None:
+    if _READ_ONLY:
+        resolved = path.resolve()
+        for root in _READ_ONLY:
+            if resolved.is_relative_to(root):
+                raise RuntimeError(f"{path}: this process must not write into {root}: only the main process of a "
+                                   "multi-process run writes its run dir")
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temp file in the same folder and a rename, so readers never see half a file."""
     path = Path(path)
+    _check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -55,6 +77,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temp folder beside `target` to fill; on success it replaces `target` in one rename, on an
     error it is removed and `target` is left as it was."""
     target = Path(target)
+    _check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

@@ -17,6 +17,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 # Often enough to show a run is alive, rare enough that a long training log stays readable.
 PERIOD_S = 30.0
+# Set in the non-main processes of a multi-process run: only the main process shows progress.
+_SILENT = False
+
+
+def silence(on: bool = True) -> None:
+    """Turn every progress bar and line of this process off (on=True) or back on."""
+    global _SILENT
+    _SILENT = on
 
 
 def interactive() -> bool:
@@ -39,7 +47,7 @@ class Progress:
 
     def __init__(self, *columns: Any, disable: bool = False, transient: bool = False, period_s: float = PERIOD_S,
                  **kwargs: Any):
-        self.disable = disable
+        self.disable = disable = disable or _SILENT
         self.period_s = period_s
         self._tasks: dict[int, _Task] = {}
         self._rich: Any = None

@@ -26,6 +26,7 @@ BOOKKEEPING = frozenset({RUN_FILE, "config.yaml", "env.json"})
 PLACEMENT_FIELDS = frozenset({
     "out", "run_dir", "resume", "runs_root", "name", "wandb", "data_dir", "data_path", "model.device",
     "model.batch_size", "rm.device", "device", "jobs", "torch_threads", "plots", "progress", "report",
+    "num_processes", "accelerate_config",  # a resumed data-parallel run may use more or fewer processes
 })
 # Run dirs this process created, and the run being written (for cleanup on errors and the Ctrl-C message).
 _CREATED: list[Path] = []
@@ -192,14 +193,18 @@ class RunDir:
     (one resume contract for every command); `RunDir(path)` is the plain folder, e.g. a method's sub-run.
     """
 
-    def __init__(self, path: str | Path, wandb_project: str | None = None):
+    def __init__(self, path: str | Path, wandb_project: str | None = None, writer: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        # writer=False: a non-main process of a multi-process run. It reads the run dir (checkpoints, data rank 0
+        # wrote) and keeps its rows in memory, but writes nothing: rank 0 writes the same rows once.
+        self.writer = writer
+        if writer:
+            self.path.mkdir(parents=True, exist_ok=True)
         self._metrics: list[dict[str, Any]] = self._load_rows("metrics.jsonl")
         self._earlier = len(self._metrics)  # rows written by an earlier (interrupted) invocation
         self._outputs: list[dict[str, Any]] = self._load_rows("outputs.jsonl")
         self._wandb = None
-        if wandb_project:
+        if wandb_project and writer:
             self._wandb = _start_wandb(wandb_project, self.path)
 
     @classmethod
@@ -210,7 +215,7 @@ class RunDir:
     @classmethod
     def open(
         cls, out: str | Path | None, command: str, config: BaseModel | dict[str, Any], *, resume: bool = False,
-        name: str | None = None, wandb_project: str | None = None, ignore: Iterable[str] = (),
+        name: str | None = None, wandb_project: str | None = None, ignore: Iterable[str] = (), writer: bool = True,
     ) -> RunDir:
         """Open the run dir of one `command` invocation: `out` exactly (default `runs/<name>-<time>`).
 
@@ -220,6 +225,8 @@ class RunDir:
         overwritten. Writes `run.json` (command, status) and the resolved config.
         """
         path = Path(out) if out else new_run_path(name or command.replace(" ", "-"))
+        if not writer:  # rank 0 checks and creates the folder (it may already hold rank 0's run.json)
+            return cls(path, writer=False)
         data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
         check_run_target(path, command, resume, data, ignore)
         created = not path.exists() or not any(path.iterdir())
@@ -249,6 +256,8 @@ class RunDir:
         return self._earlier > 0 or bool(self._outputs)
 
     def mark_finished(self) -> None:
+        if not self.writer:
+            return
         marker = self.path / RUN_FILE
         if marker.is_file():
             info = json.loads(marker.read_text(encoding="utf-8"))
@@ -259,6 +268,8 @@ class RunDir:
         return read_jsonl(file) if file.exists() else []
 
     def write_config(self, config: BaseModel | dict[str, Any]) -> None:
+        if not self.writer:
+            return
         data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
         atomic_write_yaml(self.path / "config.yaml", data)
         if self._wandb is not None:
@@ -282,7 +293,8 @@ class RunDir:
             "versions": package_versions(),
             **extra,
         }
-        atomic_write_json(self.path / "env.json", env)
+        if self.writer:
+            atomic_write_json(self.path / "env.json", env)
         return env
 
     def log_metrics(self, record: dict[str, Any], step: int | None = None) -> None:
@@ -290,6 +302,8 @@ class RunDir:
         if self._earlier:
             self._drop_replayed(row)
         self._metrics.append(row)
+        if not self.writer:
+            return
         atomic_write_jsonl(self.path / "metrics.jsonl", self._metrics)
         for listener in _LISTENERS:
             listener(row)
@@ -315,6 +329,8 @@ class RunDir:
 
     def add_outputs(self, rows: list[dict[str, Any]]) -> None:
         self._outputs.extend(rows)
+        if not self.writer:
+            return
         atomic_write_jsonl(self.path / "outputs.jsonl", self._outputs)
 
     @property
@@ -326,6 +342,8 @@ class RunDir:
         return list(self._outputs)
 
     def write_json(self, name: str, obj: Any) -> Path:
+        if not self.writer:
+            return self.path / name
         return atomic_write_json(self.path / name, obj)
 
     def read_json(self, name: str) -> Any:

@@ -42,6 +42,21 @@ def data_dir(explicit: str | Path | None = None) -> Path:
     )
 
 
+LAUNCHED_ENV = "PERSONALIGN_LAUNCHED"  # set by `personalize --engine accelerate` for the processes it starts
+
+
+def launched_process() -> tuple[int, int, int] | None:
+    """(rank, local rank, world size) when this process is one of several started by `accelerate launch`,
+    torchrun or deepspeed (they set RANK / LOCAL_RANK / WORLD_SIZE), or by personalign's own relaunch; None
+    for a plain process. A launched `personalize` must not relaunch itself."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"])), int(env["WORLD_SIZE"])
+    if env.get(LAUNCHED_ENV) or env.get("ACCELERATE_DYNAMO_BACKEND"):  # accelerate's one-process launch
+        return 0, 0, 1
+    return None
+
+
 def hub_offline() -> bool:
     """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE set)."""
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")

@@ -24,6 +24,9 @@ from personalign.config import Config, ModelConfig
 from personalign.errors import PersonalignError
 
 TRAINED_METHODS = ("sft", "dpo", "ditto", "rlaif")
+# Methods whose every client-side step is the same on each process of `--engine accelerate`: rlaif is not yet
+# (its reward terms run judges and reward models once per process, which need not agree).
+DATA_PARALLEL_METHODS = ("sft", "dpo", "ditto")
 
 
 class PersonalizeConfig(Config):
@@ -37,6 +40,15 @@ class PersonalizeConfig(Config):
     model: ModelConfig = Field(default_factory=ModelConfig)
     method_config: dict[str, Any] = Field(default_factory=dict, description="fields of the method's own config")
     feedback: str | None = Field(None, description="studio feedback DB: dpo trains on its pairs, ditto/sft on edits")
+    num_processes: int | None = Field(None, ge=1, description="engine accelerate: data-parallel processes to "
+                                      "launch (default: the accelerate config's, else 1)")
+    accelerate_config: str | None = Field(None, description="engine accelerate: an `accelerate launch` config "
+                                          "YAML (see configs/accelerate/)")
+
+    @property
+    def engine(self) -> str:
+        """The training engine (the method's `engine` field, set by --engine)."""
+        return str(self.method_config.get("engine", "local"))
 
 
 def check_method(method: str) -> None:
@@ -51,6 +63,38 @@ def check_method(method: str) -> None:
 # Flags that set method_config fields, for errors in the user's words.
 METHOD_FLAGS = {"pairs": "--pairs", "synthetic_data": "--synthetic-data", "max_steps": "--max-steps",
                 "seed": "--seed", "reward": "--reward", "engine": "--engine"}
+
+
+def check_launch(cfg: PersonalizeConfig) -> None:
+    """Refuse, in one line, engine settings that do not go together (before anything is created or loaded)."""
+    from personalign.settings import launched_process
+
+    if cfg.engine != "accelerate":
+        for value, flag in ((cfg.num_processes, "--num-processes"), (cfg.accelerate_config, "--accelerate-config")):
+            if value is not None:
+                raise PersonalignError(f"{flag}: only used with --engine accelerate; add --engine accelerate "
+                                       f"(or drop {flag})")
+        launched = launched_process()
+        if launched is not None and launched[2] > 1:
+            raise PersonalignError(f"this is one of {launched[2]} processes started by a launcher, but --engine is "
+                                   f"{cfg.engine}: every process would train alone into the same run dir; pass "
+                                   "--engine accelerate")
+        return
+    if cfg.method not in DATA_PARALLEL_METHODS:
+        raise PersonalignError(f"--engine accelerate: --method {cfg.method} cannot run data-parallel yet (its "
+                               "reward terms would run once per process); use --engine local, or one of "
+                               f"{', '.join(DATA_PARALLEL_METHODS)}")
+    if cfg.feedback:
+        raise PersonalignError("--feedback: not supported with --engine accelerate yet (its training files are "
+                               "written into the run dir before training starts); use --engine local")
+    if cfg.model.backend != "hf":
+        raise PersonalignError(f"--engine accelerate trains a local model; model.backend is {cfg.model.backend!r}: "
+                               "use backend hf")
+    if cfg.accelerate_config:
+        from personalign.engines.launch import check_distributed_type, load_accelerate_config
+
+        loaded = load_accelerate_config(cfg.accelerate_config)
+        check_distributed_type(loaded.distributed_type, f"--accelerate-config {cfg.accelerate_config}")
 
 
 def _check_method_fields(method: str, config_class: type, fields: dict[str, Any]) -> None:
@@ -122,14 +166,14 @@ def with_engine_backend(cfg: PersonalizeConfig, engine: str | None) -> Personali
     return cfg
 
 
-def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
-    """Fit the method on the profile and write config, env, metrics, adapter and method.json."""
-    from personalign.backends.registry import build_backend
-    from personalign.methods.base import build_personalizer, method_class
+def _checked(cfg: PersonalizeConfig) -> tuple[PersonalizeConfig, Any, dict[str, Any], Any]:
+    """(config with the engine's backend, profile, method fields, feedback) after every check that needs no
+    model: bad input fails here."""
+    from personalign.methods.base import method_class
     from personalign.profiles import load_profile
-    from personalign.runs import RunDir, add_metrics_listener
 
     check_method(cfg.method)
+    check_launch(cfg)
     profile = load_profile(cfg.profile)
     cls = method_class(cfg.method)
     method_fields = {**(cls.quick_overrides() if cfg.quick else {}), **cfg.method_config}
@@ -141,18 +185,81 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
         load_pairs(method_fields["pairs"])  # fail on a bad pair file before loading any model
     _check_method_fields(cfg.method, cls.config_class, method_fields)
     cfg = with_engine_backend(cfg, method_fields.get("engine"))
+    feedback = None
     if cfg.feedback:
-        from personalign.feedback.training import apply_feedback, read_feedback
+        from personalign.feedback.training import read_feedback
 
         feedback = read_feedback(cfg.method, cfg.feedback, profile, Path(cfg.out) if cfg.out else None, cfg.resume)
-    run = RunDir.open(cfg.out, "personalize", cfg, resume=cfg.resume, name=cfg.method)
-    if cfg.feedback:
+    return cfg, profile, method_fields, feedback
+
+
+def launch_processes(cfg: PersonalizeConfig) -> int:
+    """Run this training as `cfg.num_processes` data-parallel processes (`accelerate launch`); their exit code.
+
+    The processes get the resolved config as a file (so every flag reaches each one unchanged) and a fixed run
+    dir (each would otherwise name its own by the clock). Rank 0 writes the run dir and shows progress.
+    """
+    import tempfile
+
+    from personalign.engines.launch import relaunch
+    from personalign.io import atomic_write_yaml
+    from personalign.runs import new_run_path
+
+    _checked(cfg)
+    out = cfg.out or str(new_run_path(cfg.method))
+    with tempfile.TemporaryDirectory(prefix="personalign-launch-") as tmp:
+        config_file = atomic_write_yaml(Path(tmp) / "personalize.yaml",
+                                        cfg.model_copy(update={"out": out}).model_dump(mode="json"))
+        return relaunch(["personalize", "--config", str(config_file)], cfg.num_processes, cfg.accelerate_config)
+
+
+def _place_model(model: ModelConfig, local_rank: int, world: int) -> ModelConfig:
+    """Each process of a multi-process run on GPUs gets its own GPU (cuda:LOCAL_RANK)."""
+    if world == 1 or model.device not in ("auto", "cuda"):
+        return model
+    import torch
+
+    if not torch.cuda.is_available():
+        return model
+    return model.model_copy(update={"device": f"cuda:{local_rank}"})
+
+
+def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
+    """Fit the method on the profile and write config, env, metrics, adapter and method.json.
+
+    In a process started by `accelerate launch` (see `launch_processes`) only rank 0 writes the run dir and
+    shows progress; the other processes read it (checkpoints on resume) and train their shard of each batch.
+    """
+    from personalign.backends.registry import build_backend
+    from personalign.io import forbid_writes
+    from personalign.methods.base import build_personalizer
+    from personalign.runs import RunDir, add_metrics_listener
+    from personalign.settings import launched_process
+
+    cfg, profile, method_fields, feedback = _checked(cfg)
+    rank, local_rank, world = launched_process() or (0, 0, 1)
+    main = rank == 0
+    if world > 1 and not cfg.out:
+        raise PersonalignError(f"--out: required in a run of {world} processes (each must write into the same "
+                               "run dir); pass --out DIR")
+    if not main:
+        from personalign.progress import silence
+
+        silence()
+        console.quiet = err_console.quiet = True  # rank 0 says everything once
+    progress = progress and main
+    run = RunDir.open(cfg.out, "personalize", cfg, resume=cfg.resume, name=cfg.method, writer=main)
+    if not main:
+        forbid_writes(run.path)
+    if feedback is not None:
+        from personalign.feedback.training import apply_feedback
+
         profile, method_fields = apply_feedback(cfg.method, feedback, profile, method_fields, run.path)
-    backend = build_backend(cfg.model)
+    backend = build_backend(_place_model(cfg.model, local_rank, world))
     personalizer = build_personalizer(cfg.method, backend, method_fields)
     run.write_config(cfg.model_copy(update={"method_config": personalizer.config.to_dict(), "out": str(run.path)}))
     seed = int(getattr(personalizer.config, "seed", 0))
-    run.write_env(seed, device=str(getattr(backend, "device", "")))
+    run.write_env(seed, device=str(getattr(backend, "device", "")), engine=cfg.engine, processes=world)
     if progress:
         verb = "resuming" if cfg.resume else "training"
         console.print(f"[bold]{cfg.method}[/]: {verb} on {profile.name} into {run.path}")
@@ -160,12 +267,29 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
             err_console.print(resume_note(run.path), highlight=False)
         err_console.print(f"data: {len(profile.demonstrations)} demonstrations from the profile", highlight=False)
         add_metrics_listener(lambda row: report_data(row, len(profile.demonstrations)))
-    personalizer.fit(profile, run)
+    try:
+        personalizer.fit(profile, run)
+    finally:
+        if not main:
+            forbid_writes(None)
     run.mark_finished()
     return run.path
 
 
-@takes_config("personalign.cli.personalize:PersonalizeConfig")
+def _resolve_on_other_rank(config: Path | None, overrides: dict[str, Any]) -> PersonalizeConfig:
+    """The config as a non-main process of a launched run resolves it: rank 0 checks and creates the run dir
+    (it may already hold rank 0's files, so the new-folder check would refuse it), this one only reads it."""
+    from personalign.config import resolve_config
+    from personalign.io import read_yaml
+
+    cfg = resolve_config(PersonalizeConfig, config, overrides)
+    saved = Path(cfg.out) / "config.yaml" if cfg.out else None
+    if cfg.resume and saved is not None and saved.is_file():
+        cfg = resolve_config(PersonalizeConfig, config, overrides, defaults=read_yaml(saved))
+    return cfg
+
+
+@takes_config("personalign.cli.personalize:PersonalizeConfig", engine="method_config.engine")
 def personalize(
     profile: Annotated[Path | None, typer.Option("--profile", help="profile YAML/JSON")] = None,
     method: Annotated[str | None, typer.Option("--method", help="sft | dpo | ditto | rlaif")] = None,
@@ -183,29 +307,45 @@ def personalize(
     feedback: Annotated[Path | None, typer.Option("--feedback", help="studio feedback DB to train on")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="training seed", show_default="0")] = None,
     engine: Annotated[str | None, typer.Option(
-        "--engine", help="local | tinker (a Tinker-API service; --model as the service names it)",
-        show_default="local")] = None,
+        "--engine", help="local | accelerate (data-parallel processes through accelerate launch) | tinker (a "
+        "Tinker-API service; --model as the service names it)", show_default="local")] = None,
     tinker_url: Annotated[str | None, typer.Option(
         "--tinker-url", help="Tinker service URL (e.g. a local skyrl-tx server)",
         show_default="TINKER_BASE_URL or the Tinker cloud")] = None,
+    num_processes: Annotated[int | None, typer.Option(
+        "--num-processes", help="--engine accelerate: processes to launch",
+        show_default="the accelerate config's, else 1")] = None,
+    accelerate_config: Annotated[Path | None, typer.Option(
+        "--accelerate-config", help="--engine accelerate: accelerate config YAML (configs/accelerate/)")] = None,
     model: ModelOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train a personalized adapter (sft, dpo, ditto or rlaif) for a profile; `generate --run DIR` then uses it."""
+    from personalign.settings import launched_process
+
     if method is not None:
         check_method(method)
-    cfg = resolve_run_config(
-        PersonalizeConfig, "personalize", config,
-        {"profile": str(profile) if profile else None, "method": method, "out": str(out) if out else None,
-         "resume": resume, "quick": quick, "model.model": model, "model.dtype": dtype, "model.device": device,
-         "method_config.pairs": str(pairs) if pairs else None,
-         "method_config.synthetic_data": str(synthetic_data) if synthetic_data else None,
-         "method_config.max_steps": max_steps, "method_config.seed": seed, "method_config.reward": reward,
-         "method_config.engine": engine, "model.tinker.base_url": tinker_url,
-         "feedback": str(feedback) if feedback else None},
-    )
+    overrides = {
+        "profile": str(profile) if profile else None, "method": method, "out": str(out) if out else None,
+        "resume": resume, "quick": quick, "model.model": model, "model.dtype": dtype, "model.device": device,
+        "method_config.pairs": str(pairs) if pairs else None,
+        "method_config.synthetic_data": str(synthetic_data) if synthetic_data else None,
+        "method_config.max_steps": max_steps, "method_config.seed": seed, "method_config.reward": reward,
+        "method_config.engine": engine, "model.tinker.base_url": tinker_url,
+        "feedback": str(feedback) if feedback else None,
+        "num_processes": num_processes, "accelerate_config": str(accelerate_config) if accelerate_config else None}
+    launched = launched_process()
+    if launched is not None and launched[0] != 0:
+        cfg = _resolve_on_other_rank(config, overrides)
+    else:
+        cfg = resolve_run_config(PersonalizeConfig, "personalize", config, overrides)
+    if cfg.engine == "accelerate" and launched is None:
+        code = launch_processes(cfg)
+        if code:
+            raise typer.Exit(code)
+        return
     path = train(cfg)
     console.print(f"run dir: [bold]{path}[/]  (try: personalign generate --run {path} --prompt '...')")
 

@@ -10,20 +10,25 @@ from typing import Any
 from personalign.engines.base import LoraSettings, TrainingEngine
 from personalign.errors import PersonalignError
 
-ENGINES = ("local", "tinker")
+ENGINES = ("local", "accelerate", "tinker")
 
 
 def build_engine(name: str, backend: Any, lora: LoraSettings, init_adapter: str | None = None) -> TrainingEngine:
     """A trainable model on engine `name` from the backend's base model (LoRA, or full FT)."""
-    if name == "local":
+    if name in ("local", "accelerate"):
         from personalign.backends.base import TrainableBackend
-        from personalign.engines.local import LocalEngine
 
         if not isinstance(backend, TrainableBackend):
             raise PersonalignError(
-                f"engine 'local' trains an in-process model and needs a local model backend (backend: hf), "
+                f"engine {name!r} trains an in-process model and needs a local model backend (backend: hf), "
                 f"got {type(backend).__name__}"
             )
+        if name == "accelerate":
+            from personalign.engines.accelerate import AccelerateEngine
+
+            return AccelerateEngine(backend, lora, init_adapter)
+        from personalign.engines.local import LocalEngine
+
         return LocalEngine(backend, lora, init_adapter)
     if name == "tinker":
         from personalign.backends.tinker import TinkerBackend

@@ -7,8 +7,11 @@ losses are scaled so that DDP's gradient average equals the one-process gradient
 - `CustomLoss`: the shards' per-token log-probs are all-gathered with autograd, every process evaluates the
   loss on the whole batch, and the gather's backward (a sum over processes) with DDP's average gives exactly
   the whole-batch gradient, so any function of the batch's log-probs (DPO's pairs span shards) stays exact.
-Sampling and `compute_logprobs` run the whole batch on every process (identical weights and seeds give
-identical results); only the main process (rank 0) writes state and weights.
+Sampling and `compute_logprobs` are data-parallel too: each process runs its contiguous shard of the prompts
+(or sequences) and the results are all-gathered, so every process holds the same whole result (sampled text
+then agrees across processes even though their RNG streams differ). Only the main process (rank 0) writes
+state and weights; each process's RNG state (it drives dropout on its own shard) is gathered into the
+checkpoint, so a resumed run continues every process's stream exactly.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from personalign.config import SamplingConfig
 from personalign.engines.base import (
     CrossEntropy,
     CustomLoss,
@@ -29,6 +33,7 @@ from personalign.engines.base import (
     LoraSettings,
     Loss,
     PolicyLoss,
+    SampledSequence,
     TokenLogprobs,
     policy_loss,
     resolved,
@@ -36,6 +41,8 @@ from personalign.engines.base import (
 from personalign.engines.local import LocalEngine, _right_aligned, _weights_tensor, sft_batch, token_logprobs
 from personalign.errors import PersonalignError
 
+RNG_FILE = "rng_per_process.pt"
+T = TypeVar("T")
 
 class AccelerateEngine(LocalEngine):
     """`LocalEngine` with the forward/backward split across the processes `accelerate launch` started."""
@@ -47,7 +54,10 @@ class AccelerateEngine(LocalEngine):
         from accelerate import Accelerator
 
         super().__init__(backend, lora, init_adapter, logprob_batch_size)
+        from personalign.engines.launch import check_distributed_type
+
         self.accelerator = Accelerator(cpu=backend.device.type == "cpu")
+        check_distributed_type(self.accelerator.distributed_type, "engine accelerate")
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.ddp = self.accelerator.prepare_model(self.model)  # DDP-wrapped when world > 1
@@ -58,6 +68,19 @@ class AccelerateEngine(LocalEngine):
 
     def sync(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    def broadcast(self, value: T) -> T:
+        if self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def _gather_objects(self, rows: list[Any]) -> list[Any]:
+        """Every process's `rows`, concatenated in process order, on every process."""
+        from accelerate.utils import gather_object
+
+        return list(gather_object(rows))
 
     def _shard(self, n: int) -> tuple[int, int, int]:
         """(start, stop, block): this process's contiguous slice of a batch of n."""
@@ -118,6 +141,34 @@ class AccelerateEngine(LocalEngine):
         self.model.eval()
         return resolved(out)
 
+    # ---- data-parallel sampling and scoring: shard, run, all-gather ---------------------------------
+    def _slice(self, n: int) -> slice:
+        block = math.ceil(n / self.world) if n else 0
+        return slice(min(n, self.rank * block), min(n, (self.rank + 1) * block))
+
+    def sample(self, prompts: Sequence[list[int]], sampling: SamplingConfig,
+               progress: bool = False) -> Future[list[list[SampledSequence]]]:
+        if self.world == 1:
+            return super().sample(prompts, sampling, progress)
+        shard = list(prompts[self._slice(len(prompts))])
+        mine = super().sample(shard, sampling, progress).result() if shard else []
+        return resolved(self._gather_objects(mine))
+
+    def compute_logprobs(self, data: Sequence[Datum]) -> Future[TokenLogprobs]:
+        if self.world == 1:
+            return super().compute_logprobs(data)
+        shard = list(data[self._slice(len(data))])
+        mine = super().compute_logprobs(shard).result().per_datum() if shard else []
+        rows = self._gather_objects(mine)
+        keep = max((len(d.completion) for d in data), default=0)
+        values = torch.zeros((len(data), keep))
+        mask = torch.zeros((len(data), keep), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            if row:
+                values[i, keep - len(row):] = torch.tensor(row)
+                mask[i, keep - len(row):] = True
+        return resolved(TokenLogprobs(values, mask))
+
     def _gather(self, logp: torch.Tensor, mask: torch.Tensor, data: Sequence[Datum], block: int) -> TokenLogprobs:
         """The whole batch's per-token log-probs, this shard's rows differentiable (autograd all_gather)."""
         from torch.distributed.nn.functional import all_gather
@@ -132,9 +183,21 @@ class AccelerateEngine(LocalEngine):
         return TokenLogprobs(gathered, masks)
 
     def save_state(self, folder: Path, optimizer: bool = True) -> Path:
+        """Called by every process (it gathers each one's RNG state); only the main process writes `folder`."""
+        rng = self._gather_objects([torch.get_rng_state()]) if optimizer and self.world > 1 else None
         if self.is_main:
             super().save_state(folder, optimizer)
+            if rng is not None:
+                torch.save(rng, Path(folder) / RNG_FILE)
         return Path(folder)
+
+    def load_state(self, folder: Path, optimizer: bool = True) -> None:
+        super().load_state(folder, optimizer)
+        per_process = Path(folder) / RNG_FILE
+        if optimizer and per_process.is_file():
+            states = torch.load(per_process, map_location="cpu")
+            if len(states) == self.world:  # resumed on as many processes: each continues its own stream
+                torch.set_rng_state(states[self.rank])
 
     def save_weights(self, folder: Path) -> dict[str, Any]:
         if self.is_main:

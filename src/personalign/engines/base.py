@@ -232,6 +232,11 @@ class TrainingEngine(SamplingClient):
     def sync(self) -> None:
         """Wait until every process of the engine reaches this point (no-op for one process)."""
 
+    def broadcast(self, value: T) -> T:
+        """The main process's `value`, on every process (identity for one process): client-side data that each
+        process computed itself (e.g. sampled synthetic rows) made identical before training on it."""
+        return value
+
     @abstractmethod
     def forward_backward(self, data: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardOutput]:
         """Add the gradient of `loss` over `data` to the accumulated gradient."""

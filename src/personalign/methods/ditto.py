@@ -35,7 +35,6 @@ from personalign.config import SamplingConfig
 from personalign.engines.base import SamplingClient
 from personalign.engines.render import ChatRenderer
 from personalign.errors import ProfileError
-from personalign.io import atomic_dir
 from personalign.judges.rules import compliance, count_words
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.sft import SFTConfig, run_sft
@@ -47,6 +46,7 @@ from personalign.methods.training import (
     dpo_custom_loss,
     save_trained,
     sequence_sums,
+    state_dir,
     truncate_pair,
 )
 from personalign.profiles.schema import Profile
@@ -185,10 +185,10 @@ class DittoMethod(Personalizer):
             shared = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
             shared.update(max_steps=cfg.sft_steps, lr=cfg.sft_lr, val_fraction=0.0, synthetic={"n_keep": 0},
                           stop_below_loss=cfg.sft_stop_loss, lr_schedule="constant", warmup_ratio=None)
-            if sft_root is not None:
+            if sft_root is not None and engine.is_main:
                 sft_root.mkdir(exist_ok=True)
             stats = run_sft(engine, demo_pairs, SFTConfig(**shared), sft_root, log, phase="ditto_sft")
-            with atomic_dir(ref_dir) as tmp:
+            with state_dir(engine, ref_dir) as tmp:
                 engine.save_state(tmp, optimizer=False)
             if log is not None:
                 log({"phase": "ditto_sft_done", **stats}, 0)

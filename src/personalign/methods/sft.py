@@ -21,7 +21,6 @@ from personalign.backends.base import Conversation
 from personalign.engines.base import CrossEntropy, TrainingEngine
 from personalign.engines.render import ChatRenderer
 from personalign.errors import ProfileError
-from personalign.io import atomic_dir
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.synthetic import (
     SYNTHETIC_FILE,
@@ -38,6 +37,7 @@ from personalign.methods.training import (
     create_engine,
     datums,
     save_trained,
+    state_dir,
     truncate_pair,
 )
 from personalign.profiles.schema import Profile
@@ -118,7 +118,7 @@ def run_sft(
                 record["val_loss"] = val_loss
                 if best_val is None or val_loss < best_val:
                     best_val, bad_evals = val_loss, 0
-                    with atomic_dir(best_dir) as tmp:
+                    with state_dir(engine, best_dir) as tmp:
                         engine.save_state(tmp, optimizer=False)
                 else:
                     bad_evals += 1
@@ -173,7 +173,7 @@ class SFTMethod(Personalizer):
 
             teacher = build_backend(cfg.synthetic.teacher)
         synthetic, report = generate_synthetic(profile, teacher, cfg.synthetic, progress=True)
-        if run_dir is not None:
+        if run_dir is not None and run_dir.writer:
             save_synthetic(run_dir.path, synthetic, report)
             run_dir.log_metrics({"phase": "synthetic", **{k: v for k, v in report.items() if k != "teacher"}})
         return rows + synthetic
@@ -185,8 +185,10 @@ class SFTMethod(Personalizer):
         self.record_training([r["prompt"] for r in rows], [r["output"] for r in rows])
         engine = create_engine(self, self.config.lora)
         renderer = ChatRenderer(self.backend.tokenizer)  # type: ignore[attr-defined]
-        pairs = [truncate_pair(renderer.prompt_completion_ids(self.conversation(r["prompt"]), r["output"]),
-                               self.config.max_length) for r in rows]
+        # Each process of a multi-process engine sampled its own synthetic rows: all train on the main one's.
+        pairs = engine.broadcast([truncate_pair(renderer.prompt_completion_ids(self.conversation(r["prompt"]),
+                                                                              r["output"]), self.config.max_length)
+                                  for r in rows])
         log = run_dir.log_metrics if run_dir is not None else None
         stats = run_sft(engine, pairs, self.config, run_dir.path if run_dir else None, log)
         if run_dir is not None:

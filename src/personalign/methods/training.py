@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,9 +42,10 @@ CHECKPOINT_DIR = "checkpoints"
 class TrainConfig(Config):
     """Fields every training method shares (each method's config extends this)."""
 
-    engine: Literal["local", "tinker"] = Field(
-        "local", description="where training runs: local (this process, CPU or GPU), tinker (a Tinker-API service; "
-        "model.backend: tinker)")
+    engine: Literal["local", "accelerate", "tinker"] = Field(
+        "local", description="where training runs: local (this process, CPU or GPU) | accelerate (data-parallel "
+        "over the processes `accelerate launch` started; `personalize --engine accelerate` launches them) | "
+        "tinker (a Tinker-API service; model.backend: tinker)")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -176,11 +178,12 @@ class TrainingSession:
         if self.root is None:
             return None
         final = self.root / f"step-{self.step:06d}"
-        if self.engine.is_main:  # one writer; the other processes of a multi-process engine wait for it
-            with atomic_dir(final) as tmp:
-                self.engine.save_state(tmp)
+        with state_dir(self.engine, final) as tmp:
+            self.engine.save_state(tmp)
+            if self.engine.is_main:
                 (tmp / "state.json").write_text(json.dumps({"step": self.step, "extra": extra or {}}),
                                                 encoding="utf-8")
+        if self.engine.is_main:
             for old in list_checkpoints(self.root.parent)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.engine.sync()
@@ -198,6 +201,22 @@ class TrainingSession:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         self.step = int(state["step"])
         return state["extra"]
+
+
+@contextmanager
+def state_dir(engine: TrainingEngine, target: Path) -> Iterator[Path]:
+    """The folder to pass to `engine.save_state` for `target`, which then holds it whole or not at all.
+
+    Every process of a multi-process engine calls save_state (it gathers each process's RNG state) but only
+    the main one writes: it gets an atomic temp folder, the others `target` itself, untouched; all wait on exit
+    until the main process has renamed it into place, so a load right after sees it.
+    """
+    if engine.is_main:
+        with atomic_dir(target) as tmp:
+            yield tmp
+    else:
+        yield Path(target)
+    engine.sync()
 
 
 def list_checkpoints(run_path: Path) -> list[Path]:
@@ -225,6 +244,8 @@ def save_trained(personalizer: Any, run_dir: Any, engine: TrainingEngine) -> str
     """
     saved = engine.save_weights(run_dir.path)
     config = personalizer.backend.config
+    if not engine.is_main:  # the main process writes the manifest
+        return str(saved.get("adapter", "model"))
     if "adapter" in saved:
         # Remote engines record more than the adapter (tinker: its training checkpoint, a local copy).
         personalizer.save_manifest(run_dir, config, adapter=saved["adapter"],

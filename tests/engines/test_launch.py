@@ -1,0 +1,79 @@
+"""The accelerate launcher glue: the arguments it builds, the config files it ships, and its exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from personalign.engines.launch import (
+    ENTRY_MODULE,
+    _exit_code,
+    check_distributed_type,
+    launch_args,
+    load_accelerate_config,
+)
+from personalign.errors import PersonalignError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
+
+
+def test_launch_args_run_the_command_as_a_module_on_a_fresh_port():
+    args = launch_args(["personalize", "--config", "c.yaml"], 2, None, port=12345)
+    assert args[-5:] == ["-m", ENTRY_MODULE, "personalize", "--config", "c.yaml"]
+    assert args[args.index("--main_process_port") + 1] == "12345"
+    assert args[args.index("--num_processes") + 1] == "2"
+    assert "--multi_gpu" in args  # several workers on one machine start through torchrun's launcher
+    assert "--multi_gpu" not in launch_args(["personalize"], 1, None, port=1)
+    # with a config file, the file says how to distribute (and --num-processes, when given, overrides it)
+    with_file = launch_args(["personalize"], None, "ddp.yaml", port=1)
+    assert "--multi_gpu" not in with_file and "--num_processes" not in with_file
+    assert with_file[with_file.index("--config_file") + 1] == "ddp.yaml"
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml", "deepspeed-zero2.yaml"])
+def test_shipped_configs_are_valid_for_accelerate_launch(name, monkeypatch):
+    """Each file passes accelerate's own config loader and its launch-command check, which turn the file into
+    the launcher's settings (unknown keys or values fail there)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    config = load_accelerate_config(CONFIGS / name)
+    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / name), "train.py"])
+    args, _, _ = _validate_launch_command(args)
+    expected = {"ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "deepspeed-zero2.yaml": "DEEPSPEED"}[name]
+    assert config.distributed_type.value == expected
+    if name == "fsdp.yaml":
+        # FSDP's settings reach the plugin as environment variables: build the plugin from them, as a run does
+        from accelerate.utils import FullyShardedDataParallelPlugin, patch_environment
+        from accelerate.utils.launch import prepare_multi_gpu_env
+
+        env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_"))}
+        with patch_environment(**env):
+            plugin = FullyShardedDataParallelPlugin()
+        assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+    if name == "deepspeed-zero2.yaml":
+        assert args.use_deepspeed and int(args.zero_stage) == 2
+
+
+def test_bad_configs_and_sharded_types_fail_with_one_line(tmp_path):
+    with pytest.raises(PersonalignError, match="file not found"):
+        load_accelerate_config(tmp_path / "nowhere.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distributed_type: MULTI_GPU\nnum_proceses: 2\n")
+    with pytest.raises(PersonalignError, match=r"bad\.yaml: not a valid accelerate config .*num_proceses"):
+        load_accelerate_config(bad)
+    check_distributed_type(load_accelerate_config(CONFIGS / "ddp.yaml").distributed_type, "x")
+    with pytest.raises(PersonalignError, match="FSDP is not supported by the accelerate engine yet"):
+        check_distributed_type(load_accelerate_config(CONFIGS / "fsdp.yaml").distributed_type, "x")
+
+
+def test_exit_codes_of_failed_launches():
+    # torchrun's ChildFailedError: rank → failure; rank 0's code wins (it printed the one-line error)
+    failed = SimpleNamespace(failures={1: SimpleNamespace(exitcode=1), 0: SimpleNamespace(exitcode=2)})
+    assert _exit_code(failed) == 2  # type: ignore[arg-type]
+    assert _exit_code(SimpleNamespace(failures={0: SimpleNamespace(exitcode=-2)})) == 130  # type: ignore[arg-type]
+    assert _exit_code(subprocess.CalledProcessError(3, ["python"])) == 3
+    with pytest.raises(RuntimeError):
+        _exit_code(RuntimeError("a bug keeps its traceback"))
