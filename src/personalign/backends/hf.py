@@ -221,7 +221,7 @@ class HFBackend(TrainableBackend):
 
         from personalign.engines.base import SampledSequence
 
-        stop_ids = self._end_token_ids()
+        stop_ids = self.end_token_ids()
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[list[Any]] = [[] for _ in encoded]
         batch_size = max(1, self.batch_size // sampling.n)
@@ -268,7 +268,7 @@ class HFBackend(TrainableBackend):
                     results[index].append(SampledSequence(tokens[:end], "length" if end is None else "stop"))
         return results
 
-    def _end_token_ids(self) -> set[int]:
+    def end_token_ids(self) -> set[int]:
         """Token ids that end generation: the generation config's eos id(s) and the tokenizer's."""
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

@@ -17,6 +17,7 @@ is scored without an end-of-turn token (as the reference does): only samples tha
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
@@ -34,6 +35,7 @@ from personalign.backends.base import Conversation
 from personalign.config import SamplingConfig
 from personalign.engines.base import SamplingClient
 from personalign.engines.render import ChatRenderer
+from personalign.engines.vllm_sampler import SamplerFields, policy_sampler
 from personalign.errors import ProfileError
 from personalign.judges.rules import compliance, count_words
 from personalign.methods.base import MethodConfig, Personalizer
@@ -67,7 +69,7 @@ class Comparison:
     kind: str
 
 
-class DittoConfig(MethodConfig, TrainConfig):
+class DittoConfig(MethodConfig, TrainConfig, SamplerFields):
     sft_steps: int = Field(30, ge=0, description="warm-start SFT steps on the demonstrations (gives π_ref)")
     sft_lr: float = Field(2e-4, gt=0)
     sft_stop_loss: float | None = Field(None, gt=0, description="end the warm start once the train loss is below "
@@ -211,60 +213,64 @@ class DittoMethod(Personalizer):
         started = time.perf_counter() - float(extra.get("elapsed", 0.0))
         self.iteration_stats: list[dict[str, Any]] = []
         prompt_ids = [renderer.prompt_ids(c) for c in convs]
-        for it in range(first, cfg.iterations):
-            t0 = time.perf_counter()
-            sampling = SamplingConfig(n=cfg.samples_per_prompt, temperature=cfg.sample_temperature,
-                                      top_p=cfg.sample_top_p, max_new_tokens=cfg.sample_max_new_tokens,
-                                      seed=cfg.seed * 7919 + it)
-            decoded = [[renderer.decode(seq) for seq in per_prompt]
-                       for per_prompt in engine.sample(prompt_ids, sampling, progress=True).result()]
-            history[it] = [[text for text, _ in per_prompt] for per_prompt in decoded]
-            ended[it] = [[done for _, done in per_prompt] for per_prompt in decoded]
-            sample_ref[it] = self._reference_for(ref, history[it], ended[it], ids)
-            sampling_s = time.perf_counter() - t0
+        policy = policy_sampler(cfg, engine, self.backend, cfg.lora.r, cfg.seed)  # the engine's own, or vLLM
+        with contextlib.closing(policy):
+            for it in range(first, cfg.iterations):
+                t0 = time.perf_counter()
+                sampling = SamplingConfig(n=cfg.samples_per_prompt, temperature=cfg.sample_temperature,
+                                          top_p=cfg.sample_top_p, max_new_tokens=cfg.sample_max_new_tokens,
+                                          seed=cfg.seed * 7919 + it)
+                policy.sync(session.step)  # vLLM: the adapter of the last optimizer phase (π_ref at iteration 0)
+                decoded = [[renderer.decode(seq) for seq in per_prompt]
+                           for per_prompt in policy.sample(prompt_ids, sampling, progress=True).result()]
+                history[it] = [[text for text, _ in per_prompt] for per_prompt in decoded]
+                ended[it] = [[done for _, done in per_prompt] for per_prompt in decoded]
+                sample_ref[it] = self._reference_for(ref, history[it], ended[it], ids)
+                sampling_s = time.perf_counter() - t0
 
-            t1 = time.perf_counter()
-            pools = build_comparisons(len(demos), history, it)
-            rng = random.Random(cfg.seed * 1_000_003 + it)
-            losses, metrics, kinds = [], Counter[str](), Counter[str]()
-            for _ in range(cfg.steps_per_iteration):
-                batch = mix_batch(pools, cfg.pairs_per_step, cfg.fractions, rng)
-                kinds.update(c.kind for c in batch)
+                t1 = time.perf_counter()
+                pools = build_comparisons(len(demos), history, it)
+                rng = random.Random(cfg.seed * 1_000_003 + it)
+                losses, metrics, kinds = [], Counter[str](), Counter[str]()
+                for _ in range(cfg.steps_per_iteration):
+                    batch = mix_batch(pools, cfg.pairs_per_step, cfg.fractions, rng)
+                    kinds.update(c.kind for c in batch)
 
-                def pair(p: int, src: tuple[int, int]) -> tuple[list[int], list[int]]:
-                    if src[0] == DEMO:
-                        return demo_pairs[p]
-                    return ids(p, history[src[0]][p][src[1]], ended[src[0]][p][src[1]])
+                    def pair(p: int, src: tuple[int, int]) -> tuple[list[int], list[int]]:
+                        if src[0] == DEMO:
+                            return demo_pairs[p]
+                        return ids(p, history[src[0]][p][src[1]], ended[src[0]][p][src[1]])
 
-                def ref_of(p: int, src: tuple[int, int]) -> float:
-                    return float(demo_ref[p]) if src[0] == DEMO else sample_ref[src[0]][p][src[1]]
+                    def ref_of(p: int, src: tuple[int, int]) -> float:
+                        return float(demo_ref[p]) if src[0] == DEMO else sample_ref[src[0]][p][src[1]]
 
-                out = session.update(
-                    datums([pair(c.prompt, c.chosen) for c in batch] + [pair(c.prompt, c.rejected) for c in batch]),
-                    dpo_custom_loss(torch.tensor([ref_of(c.prompt, c.chosen) for c in batch]),
-                                    torch.tensor([ref_of(c.prompt, c.rejected) for c in batch]), cfg.beta),
-                )
-                losses.append(out.loss)
-                metrics.update({k: v for k, v in out.metrics.items() if k != "grad_norm"})
-            samples = [s for per_prompt in history[it] for s in per_prompt]
-            record = {
-                "phase": "ditto", "iteration": it, "dpo_loss": sum(losses) / len(losses),
-                "first_step_loss": losses[0],
-                **{k: v / len(losses) for k, v in metrics.items()},
-                "mean_sample_words": sum(count_words(s) for s in samples) / len(samples),
-                "mean_sample_tokens": sum(len(self.backend.tokenizer(s)["input_ids"])  # type: ignore[attr-defined]
-                                          for s in samples) / len(samples),
-                "truncated_samples": sum(not e for per_prompt in ended[it] for e in per_prompt) / len(samples),
-                "sample_compliance": compliance(samples, profile.constraints).rate,
-                "pairs": dict(kinds), "pool_sizes": {k: len(v) for k, v in pools.items()},
-                "sampling_seconds": round(sampling_s, 2), "optimization_seconds": round(time.perf_counter() - t1, 2),
-                "elapsed_seconds": round(time.perf_counter() - started, 2),
-            }
-            self.iteration_stats.append(record)
-            if log is not None:
-                log(record, session.step)
-            session.save({"iteration": it, "history": history, "ended": ended, "sample_ref": sample_ref,
-                          "elapsed": time.perf_counter() - started})
+                    out = session.update(
+                        datums([pair(c.prompt, c.chosen) for c in batch] + [pair(c.prompt, c.rejected) for c in batch]),
+                        dpo_custom_loss(torch.tensor([ref_of(c.prompt, c.chosen) for c in batch]),
+                                        torch.tensor([ref_of(c.prompt, c.rejected) for c in batch]), cfg.beta),
+                    )
+                    losses.append(out.loss)
+                    metrics.update({k: v for k, v in out.metrics.items() if k != "grad_norm"})
+                samples = [s for per_prompt in history[it] for s in per_prompt]
+                record = {
+                    "phase": "ditto", "iteration": it, "dpo_loss": sum(losses) / len(losses),
+                    "first_step_loss": losses[0],
+                    **{k: v / len(losses) for k, v in metrics.items()},
+                    "mean_sample_words": sum(count_words(s) for s in samples) / len(samples),
+                    "mean_sample_tokens": sum(len(self.backend.tokenizer(s)["input_ids"])  # type: ignore[attr-defined]
+                                              for s in samples) / len(samples),
+                    "truncated_samples": sum(not e for per_prompt in ended[it] for e in per_prompt) / len(samples),
+                    "sample_compliance": compliance(samples, profile.constraints).rate,
+                    "pairs": dict(kinds), "pool_sizes": {k: len(v) for k, v in pools.items()},
+                    "sampling_seconds": round(sampling_s, 2),
+                    "optimization_seconds": round(time.perf_counter() - t1, 2),
+                    "elapsed_seconds": round(time.perf_counter() - started, 2),
+                }
+                self.iteration_stats.append(record)
+                if log is not None:
+                    log(record, session.step)
+                session.save({"iteration": it, "history": history, "ended": ended, "sample_ref": sample_ref,
+                              "elapsed": time.perf_counter() - started})
         if run_dir is not None:
             save_trained(self, run_dir, engine)
 

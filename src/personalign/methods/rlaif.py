@@ -42,6 +42,7 @@ from personalign.backends.base import Conversation, GenerationBackend
 from personalign.config import SamplingConfig
 from personalign.engines.base import Datum, PolicyLoss, SamplingClient
 from personalign.engines.render import ChatRenderer
+from personalign.engines.vllm_sampler import SamplerFields, policy_sampler
 from personalign.errors import PersonalignError, ProfileError
 from personalign.methods.base import MethodConfig, Personalizer
 from personalign.methods.training import (
@@ -131,7 +132,7 @@ def length_penalty(words: int, min_words: int | None, max_words: int | None) -> 
     return 0.0
 
 
-class RLAIFConfig(MethodConfig, TrainConfig):
+class RLAIFConfig(MethodConfig, TrainConfig, SamplerFields):
     reward: str = Field("rules:1", description="weighted reward mix, e.g. 'rm:RUN_DIR,rules:0.5,length:0.2' "
                         "or 'gen-rm:RUN_DIR'")
     # No LoRA dropout: the policy's log-probs (train mode) and the reference's (eval mode) must be comparable.
@@ -345,9 +346,11 @@ class RLAIFMethod(Personalizer):
         self.ref = engine.snapshot()  # π_ref = the starting weights, frozen before any step (and any resume)
         reward = RewardMix(terms, profile, _ReferenceBackend(self.ref, self.renderer), self.conversation,
                            cfg.pairwise_judge, cfg.seed, cfg.max_new_tokens)
-        session = TrainingSession(engine, cfg, run.path if run_dir is not None else None)
+        self.session = session = TrainingSession(engine, cfg, run.path if run_dir is not None else None)
         if cfg.resume:
             session.restore()
+        # The policy's samples (training groups and held-out answers): the engine's own, or vLLM's (synced)
+        self.policy = policy_sampler(cfg, engine, self.backend, cfg.lora.r, cfg.seed)
         sampling = SamplingConfig(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens)
         bar_ctx: Any = contextlib.nullcontext()
@@ -355,7 +358,7 @@ class RLAIFMethod(Personalizer):
             from personalign.progress import Progress
 
             bar_ctx = Progress(transient=True)
-        with bar_ctx as bar:
+        with bar_ctx as bar, contextlib.closing(self.policy):
             task = bar.add_task("rlaif", total=cfg.max_steps, completed=session.step) if bar is not None else None
             while session.step < cfg.max_steps:
                 record = self._step(session, train_prompts, reward, sampling)
@@ -375,7 +378,8 @@ class RLAIFMethod(Personalizer):
     def _sample(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[list[tuple[str, bool]]]:
         """(text, ended on its own) for `sampling.n` samples per prompt, from the engine's current weights."""
         ids = [self.renderer.prompt_ids(self.conversation(p)) for p in prompts]
-        groups = self.engine.sample(ids, sampling).result()
+        self.policy.sync(self.session.step)  # vLLM: export the adapter once per optimizer step
+        groups = self.policy.sample(ids, sampling).result()
         return [[self.renderer.decode(s, sampling.stop) for s in group] for group in groups]
 
     def _step(self, session: TrainingSession, train_prompts: list[str], reward: RewardMix,

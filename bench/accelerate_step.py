@@ -1,6 +1,8 @@
 """Step time of the accelerate engine on N CPU processes against one process, on the same global batch.
 
-    python bench/accelerate.py --out bench/results/accelerate.json [--processes 2] [--rounds 3] [--steps 3]
+(Not named accelerate.py: run as a script, bench/ comes first on sys.path and would shadow the package.)
+
+    python bench/accelerate_step.py --out bench/results/accelerate_step.json [--processes 2] [--rounds 3] [--steps 3]
 
 One LoRA SFT step (the default model, r=16 on q/k/v/o, fp32, bench/training.py's batch of 8 × 256 tokens:
 `TrainingSession.update` = `forward_backward(CrossEntropy)` + `optim_step`) timed in two setups that use the
@@ -72,7 +74,7 @@ def run_setup(processes: int, args: argparse.Namespace, threads: int, port: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "accelerate.json"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "accelerate_step.json"))
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (after one warm-up)")
