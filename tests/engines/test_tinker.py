@@ -20,8 +20,6 @@ from personalign.engines.tinker import (
 )
 from personalign.errors import PersonalignError
 
-pytest.importorskip("tinker")
-
 
 def test_datum_shifts_targets_and_zeroes_prompt_weights():
     d = tinker_datum([5, 6, 7], [8, 9], weights=[0.25, 0.75])
