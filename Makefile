@@ -69,7 +69,7 @@ $(TINKER_VENV)/.installed: $(STAMP)
 tinker-venv: $(TINKER_VENV)/.installed
 
 bench-tinker: tinker-venv
-	$(BIN)/python bench/tinker.py --out bench/results/tinker.json
+	$(BIN)/python bench/tinker_engine.py --out bench/results/tinker.json
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(TINKER_VENV) runs .pytest_cache

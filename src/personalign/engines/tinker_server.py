@@ -8,6 +8,16 @@ transformers < 5, personalign needs 5). This module prepares what it needs and r
   `/api/v1/healthz`, and on exit stops the server and the engine process it spawned by the group's id.
 
 `python -m personalign.engines.tinker_server prepare DST` prepares the default model (the make target uses it).
+
+Where skyrl-tx 0.3.0 differs from Tinker (read from its code; what the tests here can and cannot show):
+- it averages the accumulated gradient over the batch's sequences where Tinker sums (Adam hardly minds: only
+  eps and the clipping threshold see the scale);
+- its LoRA takes only the rank and seed (alpha 32, attention and MLP, never the unembedding, whatever the
+  switches say), and `ppo` clips at 0.8/1.2 whatever the thresholds sent;
+- it loads sampler weights into the training adapter's own slot, so sampling an *older* snapshot while
+  training (DITTO's and GRPO's π_ref) would overwrite the trained weights; SFT, DPO and sampling the
+  current or final weights are unaffected;
+- sampler paths are `tinker://RUN/NAME` (Tinker: `tinker://RUN/sampler_weights/NAME`).
 """
 
 from __future__ import annotations
@@ -123,7 +133,7 @@ class LocalTinkerServer:
         with open(self.log_path, "ab") as log:
             # Own process group: the engine child is stopped with the server, by the group's id.
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            cwd=self.workdir, start_new_session=True)
+                                            cwd=self.workdir, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -162,6 +172,15 @@ class LocalTinkerServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the server's process (Linux): SIGTERM it when the process that started it dies, even by SIGKILL or a
+    test-runner timeout, so no server outlives its owner (on SIGTERM it stops its engine child itself)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _group_alive(pgid: int) -> bool:

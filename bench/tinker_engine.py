@@ -1,6 +1,6 @@
 """The tinker engine on a local skyrl-tx server (JAX, CPU): seconds per SFT and per DPO step, and where time goes.
 
-    python bench/tinker.py --out bench/results/tinker.json [--steps 5] [--batch 2] [--tokens 128]
+    python bench/tinker_engine.py --out bench/results/tinker.json [--steps 5] [--batch 2] [--tokens 128]
 
 Needs `make tinker-venv`. One server with a fresh JAX compilation cache (so the first step's compile is
 measured, not read from disk), LoRA r=8 on attention, the default model, a batch of --batch real chat
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--note", default="", help="what else ran on the machine (recorded with the load)")
     args = parser.parse_args()
     if not (VENV / ".installed").is_file():
         sys.exit(f"no {VENV}: build it with `make tinker-venv`")
@@ -185,7 +186,8 @@ def main() -> None:
         for name in ("sft", "dpo")}
     result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_start": round(load_start[0], 2),
                          "load_avg_1m_end": round(os.getloadavg()[0], 2),
-                         "note": "shared machine (2 cores, 4 engineers), loaded during the run"}
+                         "note": "shared machine (2 cores, 4 engineers), loaded during the run; run under nice -n 10. "
+                         + args.note}
     result["versions"] = package_versions()
     atomic_write_json(args.out, result)
     print(result)
