@@ -37,3 +37,11 @@ def test_rlaif_config(tmp_path):
     (rm / "config.yaml").write_text((CONFIGS / "reward-minilm-hh.yaml").read_text())
     terms = parse_reward_spec(method_config.reward.replace("RUN_DIR", str(rm)))
     assert select_heldout_evaluator(terms, method_config.heldout) == "similarity"
+
+
+def test_gen_rm_config():
+    cfg = resolve_config(RewardTrainConfig, CONFIGS / "gen-rm-profile-rules.yaml", {})
+    assert (cfg.rm.kind, cfg.rm.backbone, cfg.rm.lora, cfg.rm.max_length) == ("gen-rm", "default", True, 2048)
+    # fields a gen-rm config leaves out take gen-rm's defaults, the bt ones stay bt's
+    assert resolve_config(RewardTrainConfig, None, {"rm.kind": "gen-rm"}).rm.learning_rate == 5e-4
+    assert resolve_config(RewardTrainConfig, None, {}).rm.learning_rate == 5e-5

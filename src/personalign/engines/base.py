@@ -12,7 +12,6 @@ drives an engine through a handful of calls:
 - `forward(data, loss)`: the same without a gradient (held-out loss);
 - `optim_step(AdamParams)`: one Adam step on the accumulated gradient, then zero it;
 - `sample(prompts, sampling)` from the current weights, `compute_logprobs(data)` of given completions;
-  `compute_scores(data)` of a score head, where the engine has one;
 - `snapshot()`: a frozen `SamplingClient` at the current weights (π_ref);
 - `save_state` / `load_state` (resume), `save_weights` (export for generation).
 
@@ -244,10 +243,6 @@ class TrainingEngine(SamplingClient):
     @abstractmethod
     def forward(self, data: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardOutput]:
         """`loss` over `data` without a gradient and without dropout."""
-
-    def compute_scores(self, data: Sequence[Datum]) -> Future[torch.Tensor]:
-        """A score head's scalar per datum (no gradient); only engines holding a sequence classifier have one."""
-        raise no_score_head(self.name)
 
     @abstractmethod
     def optim_step(self, params: AdamParams) -> Future[dict[str, float]]:

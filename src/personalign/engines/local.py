@@ -322,15 +322,6 @@ class LocalEngine(TrainingEngine):
             mask[rows, keep - logp.shape[1]:] = m.cpu()
         return resolved(TokenLogprobs(values, mask))
 
-    @torch.no_grad()
-    def compute_scores(self, data: Sequence[Datum]) -> Future[torch.Tensor]:
-        self._require_score_head()
-        self.model.eval()
-        sequences = [d.prompt + d.completion for d in data]
-        scores = [sequence_scores(self.model, sequences[i : i + self.logprob_batch_size], self.pad_id,
-                                  self.backend.device).cpu() for i in range(0, len(sequences), self.logprob_batch_size)]
-        return resolved(torch.cat(scores) if scores else torch.zeros(0))
-
     def snapshot(self) -> SamplingClient:
         return LocalSnapshot(self, trainable_state(self.model))
 

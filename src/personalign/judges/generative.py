@@ -173,7 +173,6 @@ class GenerativeJudge(Judge):
         self.renderer = renderer
         self.rubric = rubric  # the rubric it was trained with: used when neither the item nor a profile has one
         self.batch_size = batch_size
-        self.training_data: TrainingData | None = None
 
     def rubric_for(self, profile: Profile | None, override: str | None) -> str:
         from personalign.judges.llm import GENERIC_RUBRIC, profile_rubric
@@ -222,7 +221,6 @@ class GenerativeJudge(Judge):
         from personalign.backends.hf import HFBackend
         from personalign.config import ModelConfig
         from personalign.engines import build_engine
-        from personalign.splits import read_training_data
 
         run_dir = Path(run_dir)
         path = run_dir / GEN_RM_FILE
@@ -237,15 +235,14 @@ class GenerativeJudge(Judge):
             base = manifest["backbone"]
         else:
             base = weights["model"]
+        # fp32 as in training: a judge's verdict often rests on log-prob gaps that bf16 rounds away.
         backend = HFBackend(ModelConfig(model=base, device=device, dtype="fp32"))
         # A trainable engine is also a sampling client: loading the adapter through it keeps scoring on the
         # engine the judge was trained on (the local engine loads the saved adapter; remote ones their path).
         lora = LoraSettings(enabled=adapter is not None)
         engine = build_engine(manifest["engine"], backend, lora, init_adapter=adapter)
         renderer = ComparisonRenderer(backend.tokenizer, manifest["max_chars"], manifest["max_length"])
-        judge = cls(engine, renderer, manifest.get("rubric"))
-        judge.training_data = read_training_data(run_dir)
-        return judge
+        return cls(engine, renderer, manifest.get("rubric"))
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -317,7 +314,8 @@ def train_generative_judge(
     judge = GenerativeJudge(engine, renderer, rubric, batch_size=config.batch_size)
     loss = label_loss(engine)
     examples = [renderer.training_datums(p, judge.rubric_for(None, p.rubric)) for p in train]
-    steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * len(train) / config.batch_size)
+    per_epoch = math.ceil(len(train) / config.batch_size)
+    steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * per_epoch)
     train_config = TrainConfig(lr=config.learning_rate, batch_size=config.batch_size, max_steps=steps,
                                checkpoint_every=config.save_every, seed=config.seed, grad_clip=1.0,
                                lr_schedule="constant")
@@ -388,5 +386,4 @@ def train_generative_judge(
         write_training_data(run_dir.path, TrainingData.of([p.prompt for p in train],
                                                           [t for p in train for t in (p.a, p.b)]))
         run_dir.log_metrics({"final_heldout_accuracy": after["accuracy"]}, step=session.step)
-    judge.training_data = TrainingData.of([p.prompt for p in train], [t for p in train for t in (p.a, p.b)])
     return judge, summary
