@@ -1,6 +1,6 @@
 """gen-rm against the other judges on the example profile's rubric-preference pairs (held-out prompts only).
 
-    python bench/gen_rm.py --out bench/results/gen_rm.json [--heldout-fraction 0.3] [--epochs 4]
+    python bench/gen_rm.py --out bench/results/gen_rm.json [--heldout-fraction 0.3] [--epochs 4] [--model default]
 
 The preference pipeline samples pairs for the example profile's training-side prompts with the default
 model and labels them with the rules judge (plus demonstration ≻ sample pairs). The pairs are split by
@@ -35,11 +35,14 @@ def main() -> None:
     parser.add_argument("--heldout-fraction", type=float, default=0.3)
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="default", help="policy, LLM judge and gen-rm backbone")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="per sampled answer")
+    parser.add_argument("--judge-max-new-tokens", type=int, default=128, help="LLM judge answer length")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     from personalign.backends.registry import build_backend
-    from personalign.config import ModelConfig
+    from personalign.config import ModelConfig, SamplingConfig
     from personalign.judges.base import RulesJudge
     from personalign.judges.generative import train_generative_judge
     from personalign.judges.llm import LLMJudge, profile_rubric
@@ -53,9 +56,11 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        backend = build_backend(ModelConfig(device="cpu"))
-        pairs, report = build_preferences(profile, backend.config, PreferenceConfig(labels="rules"),
-                                          RunDir(Path(tmp) / "pairs"), backend=backend)
+        backend = build_backend(ModelConfig(model=args.model, device="cpu"))
+        preference = PreferenceConfig(labels="rules", sampling=SamplingConfig(temperature=1.0, seed=args.seed,
+                                                                             max_new_tokens=args.max_new_tokens))
+        pairs, report = build_preferences(profile, backend.config, preference, RunDir(Path(tmp) / "pairs"),
+                                          backend=backend)
         timings["preferences_s"] = time.perf_counter() - start
         train, held = split_pairs(pairs, args.heldout_fraction, args.seed)
 
@@ -65,16 +70,18 @@ def main() -> None:
 
         start = time.perf_counter()
         results["rules (the labeler)"] = agreement(RulesJudge())
-        results["llm (default model, prompted)"] = agreement(LLMJudge(backend))
+        llm = LLMJudge(backend, max_new_tokens=args.judge_max_new_tokens)
+        results["llm (prompted, same model)"] = agreement(llm)
         timings["llm_judge_s"] = time.perf_counter() - start
 
-        config = RewardModelConfig(kind="gen-rm", epochs=args.epochs, heldout_fraction=args.heldout_fraction,
-                                   eval_every=10_000, save_every=10_000, seed=args.seed, device="cpu")
+        config = RewardModelConfig(kind="gen-rm", backbone=args.model, epochs=args.epochs,
+                                   heldout_fraction=args.heldout_fraction, eval_every=10_000, save_every=10_000,
+                                   seed=args.seed, device="cpu")
         start = time.perf_counter()
         _, gen_summary = train_generative_judge(pairs, config, RunDir(Path(tmp) / "gen-rm"),
                                                     rubric=profile_rubric(profile), progress=False)
         timings["gen_rm_train_s"] = time.perf_counter() - start
-        results["gen-rm untrained (default model)"] = {
+        results["gen-rm untrained (same model)"] = {
             "accuracy": gen_summary["heldout_accuracy_before"],
             "position_bias_rate": gen_summary["heldout_position_bias_before"],
             "p_chosen": gen_summary["heldout_p_chosen_before"]}
