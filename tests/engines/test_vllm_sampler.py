@@ -86,7 +86,7 @@ def test_sync_exports_the_current_adapter_once_per_optimizer_step(chat_tokenizer
     assert sampler.sync(0) is True
     assert sampler.sync(0) is False  # same step: no second export, vLLM keeps the adapter it has
     name, lora_id, path, weights = vllm.loaded[0]
-    assert (name, lora_id) == ("policy-1", 1) and path.is_dir() and same_weights(weights, engine)
+    assert name == f"policy-{sampler._tag}-1" and lora_id == 1 and path.is_dir() and same_weights(weights, engine)
     first = {k: v.clone() for k, v in weights.items()}
 
     pair = backend.prompt_completion_ids([{"role": "user", "content": "Hi."}], "Hello there.")
@@ -94,7 +94,7 @@ def test_sync_exports_the_current_adapter_once_per_optimizer_step(chat_tokenizer
     engine.optim_step(AdamParams(learning_rate=1e-2)).result()
     assert sampler.sync(1) is True
     name, lora_id, new_path, weights = vllm.loaded[1]
-    assert (name, lora_id) == ("policy-2", 2) and new_path != path  # fresh name, id and folder per phase
+    assert (name, lora_id) == (f"policy-{sampler._tag}-2", 2) and new_path != path  # fresh name, id, folder
     assert same_weights(weights, engine) and any(not torch.equal(first[k], weights[k]) for k in first)
     assert not path.exists()  # the previous phase's export is removed once the new one is loaded
     assert len(vllm.loaded) == 2
@@ -110,7 +110,7 @@ def test_samples_stop_at_end_of_turn_like_the_hf_sampler(chat_tokenizer, tmp_pat
     assert [[(s.tokens, s.stop_reason) for s in g] for g in out] == [[([5, 6], "stop"), ([5, 6, 8], "length")],
                                                                       [([4], "stop")]]
     prompts, _, stop_ids, adapter = vllm.last
-    assert prompts == [[1, 3], [1, 4]] and stop_ids == [2, 7] and adapter == "policy-1"
+    assert prompts == [[1, 3], [1, 4]] and stop_ids == [2, 7] and adapter == sampler.adapter
     sampler.close()
     assert vllm.closed
 
@@ -187,3 +187,35 @@ def test_vllm_greedy_samples_equal_hf_and_follow_each_sync(vllm_server, tmp_path
     assert second_vllm == second_hf  # and vLLM picked it up
     many = sampler.sample(prompts, SamplingConfig(n=3, temperature=1.0, max_new_tokens=6, seed=1)).result()
     assert [len(g) for g in many] == [3, 3]
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not (VLLM_VENV / ".installed").is_file(), reason="no .venv-vllm (build it with `make vllm-venv`)")
+def test_ditto_samples_every_iteration_through_vllm(vllm_server, tmp_path, monkeypatch):
+    import httpx
+
+    from personalign.methods.base import build_personalizer
+    from personalign.profiles.loading import parse_profile
+    from personalign.runs import RunDir
+
+    server, model_dir = vllm_server
+    loads: list[str] = []
+    real_load = ServerVLLM.load_adapter
+
+    def counted(self, name, lora_id, path):  # a spy: the real call goes through
+        loads.append(name)
+        return real_load(self, name, lora_id, path)
+
+    monkeypatch.setattr(ServerVLLM, "load_adapter", counted)
+    profile = parse_profile({"name": "Zed Toy", "task": "write notes", "demonstrations": [
+        {"prompt": f"Greet {n}.", "output": f"Hi {n}.\n\nCheers,\nZed"} for n in ("Al", "Bo", "Cy")]})
+    config = {"sft_steps": 2, "batch_size": 3, "iterations": 2, "steps_per_iteration": 1, "samples_per_prompt": 2,
+              "pairs_per_step": 2, "sample_max_new_tokens": 8, "max_length": 128, "lora": {"r": 8, "dropout": 0.0},
+              "sampler": "vllm", "vllm": {"mode": "server", "url": server.url}}
+    backend = HFBackend(ModelConfig(model=str(model_dir), device="cpu", dtype="fp32"))
+    build_personalizer("ditto", backend, config).fit(profile, RunDir(tmp_path / "run"))
+    rows = [r for r in RunDir(tmp_path / "run").metrics if r.get("phase") == "ditto"]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert len(loads) == 2  # one sync per iteration: π_ref before the first, the stepped adapter before the second
+    served = {m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
+    assert not any(name in served for name in loads)  # unloaded when DITTO finished

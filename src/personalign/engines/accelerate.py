@@ -17,6 +17,7 @@ checkpoint, so a resumed run continues every process's stream exactly.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -43,6 +44,7 @@ from personalign.errors import PersonalignError
 
 RNG_FILE = "rng_per_process.pt"
 T = TypeVar("T")
+
 
 class AccelerateEngine(LocalEngine):
     """`LocalEngine` with the forward/backward split across the processes `accelerate launch` started."""
@@ -178,8 +180,10 @@ class AccelerateEngine(LocalEngine):
         values = torch.nn.functional.pad(logp, (keep - logp.shape[1], 0, 0, block - rows))
         full_mask = torch.nn.functional.pad(mask, (keep - mask.shape[1], 0, 0, block - rows))
         # Blocks are contiguous and only the last is short, so rows 0..n-1 of the gather are the batch in order.
-        gathered = torch.cat(all_gather(values), dim=0)[: len(data)]
-        masks = torch.cat(all_gather(full_mask.float()), dim=0)[: len(data)] > 0.5
+        with warnings.catch_warnings():  # deprecated in favour of a private module: still torch's public autograd
+            warnings.simplefilter("ignore", FutureWarning)  # all_gather, so its warning is noise for our users
+            gathered = torch.cat(all_gather(values), dim=0)[: len(data)]
+            masks = torch.cat(all_gather(full_mask.float()), dim=0)[: len(data)] > 0.5
         return TokenLogprobs(gathered, masks)
 
     def save_state(self, folder: Path, optimizer: bool = True) -> Path:

@@ -22,10 +22,12 @@ through a LoRA adapter ran at 100-110 tokens/s here, below HF's batched generate
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -192,6 +194,11 @@ class ServerVLLM:
         return out
 
     def close(self) -> None:
+        if self.process is None:  # someone else's server: leave it as it was found
+            for name in self.loaded:
+                with contextlib.suppress(PersonalignError):  # best effort: the run itself is done
+                    self._post("/v1/unload_lora_adapter", {"lora_name": name})
+            self.loaded = []
         self.client.close()
         if self.process is not None:
             from personalign.serve.vllm import stop
@@ -265,6 +272,7 @@ class VLLMSampler(PolicySampler):
         self.synced_step: int | None = None
         self.adapter: str | None = None
         self._versions = itertools.count(1)
+        self._tag = uuid.uuid4().hex[:6]  # adapter names stay unique on a server other samplers also use
         self._folder: Path | None = None
 
     def sync(self, step: int) -> bool:
@@ -276,7 +284,7 @@ class VLLMSampler(PolicySampler):
         if "adapter" not in saved:
             raise PersonalignError("sampler vllm syncs a LoRA adapter; with lora.enabled false (full fine-tuning) "
                                    "use sampler hf")
-        name = f"policy-{version}"
+        name = f"policy-{self._tag}-{version}"
         self.vllm.load_adapter(name, version, (folder / saved["adapter"]).resolve())
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
