@@ -213,6 +213,15 @@ def launch_processes(cfg: PersonalizeConfig) -> int:
         return relaunch(["personalize", "--config", str(config_file)], cfg.num_processes, cfg.accelerate_config)
 
 
+def _quiet() -> None:
+    """A non-main process of a multi-process run prints nothing (no progress, notes or errors): rank 0 says
+    everything once. A crash keeps its traceback (that goes to stderr directly)."""
+    from personalign.progress import silence
+
+    silence()
+    console.quiet = err_console.quiet = True
+
+
 def _place_model(model: ModelConfig, local_rank: int, world: int) -> ModelConfig:
     """Each process of a multi-process run on GPUs gets its own GPU (cuda:LOCAL_RANK)."""
     if world == 1 or model.device not in ("auto", "cuda"):
@@ -236,17 +245,14 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
     from personalign.runs import RunDir, add_metrics_listener
     from personalign.settings import launched_process
 
-    cfg, profile, method_fields, feedback = _checked(cfg)
     rank, local_rank, world = launched_process() or (0, 0, 1)
     main = rank == 0
+    if not main:
+        _quiet()
+    cfg, profile, method_fields, feedback = _checked(cfg)
     if world > 1 and not cfg.out:
         raise PersonalignError(f"--out: required in a run of {world} processes (each must write into the same "
                                "run dir); pass --out DIR")
-    if not main:
-        from personalign.progress import silence
-
-        silence()
-        console.quiet = err_console.quiet = True  # rank 0 says everything once
     progress = progress and main
     run = RunDir.open(cfg.out, "personalize", cfg, resume=cfg.resume, name=cfg.method, writer=main)
     if not main:
@@ -338,6 +344,7 @@ def personalize(
         "num_processes": num_processes, "accelerate_config": str(accelerate_config) if accelerate_config else None}
     launched = launched_process()
     if launched is not None and launched[0] != 0:
+        _quiet()
         cfg = _resolve_on_other_rank(config, overrides)
     else:
         cfg = resolve_run_config(PersonalizeConfig, "personalize", config, overrides)
