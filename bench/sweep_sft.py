@@ -32,12 +32,13 @@ from personalign.runs import RunDir, package_versions
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = [*ATTN, "gate_proj", "up_proj", "down_proj"]
+OLD = {"lr": 2e-4, "warmup_steps": 0}  # the defaults before this sweep; each setting is spelled out in full
 SETTINGS: dict[str, dict[str, Any]] = {
-    "base": {},
-    "lr5e-4": {"lr": 5e-4},
-    "mlp": {"lora": {"target_modules": MLP}},
-    "mlp_lr5e-4_warm": {"lr": 5e-4, "warmup_steps": 3, "lora": {"target_modules": MLP}},
-    "mlp_r32_steps48": {"max_steps": 48, "lora": {"r": 32, "alpha": 64, "target_modules": MLP}},
+    "base": {**OLD, "lora": {"target_modules": ATTN}},
+    "lr5e-4": {"lr": 5e-4, "warmup_steps": 0, "lora": {"target_modules": ATTN}},
+    "mlp": {**OLD, "lora": {"target_modules": MLP}},
+    "mlp_lr5e-4_warm": {"lr": 5e-4, "warmup_steps": 3, "lora": {"target_modules": MLP}},  # today's default
+    "mlp_r32_steps48": {**OLD, "max_steps": 48, "lora": {"r": 32, "alpha": 64, "target_modules": MLP}},
     "mlp_lr1e-3_warm": {"lr": 1e-3, "warmup_steps": 3, "lora": {"target_modules": MLP}},
 }
 

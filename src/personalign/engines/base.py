@@ -46,6 +46,9 @@ def resolved(value: T) -> Future[T]:
     return future
 
 
+ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 class LoraSettings(Config):
     """LoRA adapter shape; `enabled: false` means full fine-tuning of every weight."""
 

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from personalign.backends.base import Conversation
 from personalign.config import SamplingConfig
-from personalign.engines.base import SamplingClient
+from personalign.engines.base import ATTENTION_AND_MLP, LoraSettings, SamplingClient
 from personalign.engines.render import ChatRenderer
 from personalign.engines.vllm_sampler import SamplerFields, policy_sampler
 from personalign.errors import ProfileError
@@ -71,7 +71,10 @@ class Comparison:
 
 class DittoConfig(MethodConfig, TrainConfig, SamplerFields):
     sft_steps: int = Field(30, ge=0, description="warm-start SFT steps on the demonstrations (gives π_ref)")
-    sft_lr: float = Field(2e-4, gt=0)
+    # SFT's adapter shape (attention + MLP, bench/sweep_sft.py): the warm start must learn the format first.
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(target_modules=ATTENTION_AND_MLP))
+    sft_lr: float = Field(5e-4, gt=0, description="warm-start lr (SFT's default, chosen by bench/sweep_sft.py)")
+    sft_warmup_steps: int = Field(3, ge=0, description="warm-start linear warm-up steps")
     sft_stop_loss: float | None = Field(None, gt=0, description="end the warm start once the train loss is below "
                                         "this (the paper: 1.0); sft_steps stays the cap")
     iterations: int = Field(4, ge=1, description="sample → compare → train rounds")
@@ -186,7 +189,8 @@ class DittoMethod(Personalizer):
         if not (cfg.resume and (ref_dir / "weights.pt").is_file()):
             shared = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
             shared.update(max_steps=cfg.sft_steps, lr=cfg.sft_lr, val_fraction=0.0, synthetic={"n_keep": 0},
-                          stop_below_loss=cfg.sft_stop_loss, lr_schedule="constant", warmup_ratio=None)
+                          stop_below_loss=cfg.sft_stop_loss, lr_schedule="constant", warmup_ratio=None,
+                          warmup_steps=cfg.sft_warmup_steps)
             if sft_root is not None and engine.is_main:
                 sft_root.mkdir(exist_ok=True)
             stats = run_sft(engine, demo_pairs, SFTConfig(**shared), sft_root, log, phase="ditto_sft")
