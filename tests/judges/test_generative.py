@@ -267,3 +267,16 @@ def test_cli_trains_gen_rm_and_validates_it_on_its_held_out_pairs(tmp_path, chat
     bad = runner.invoke(app, ["reward", "train", "--kind", "gen-rm", "--labels", str(pairs), "--backbone", "minilm",
                               "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "chat LM backbone" in bad.output
+
+
+def test_gen_rm_config_checks_run_before_any_model():
+    from personalign.errors import PersonalignError
+    from personalign.judges.generative import check_config
+
+    with pytest.raises(PersonalignError, match="chat LM backbone"):
+        check_config(RewardModelConfig(kind="gen-rm", backbone="minilm"))
+    with pytest.raises(PersonalignError, match=r"rm\.engine tinker: the service trains LoRA"):
+        check_config(RewardModelConfig(kind="gen-rm", engine="tinker"))  # backbone 'default' is not on the service
+    with pytest.raises(PersonalignError, match="unknown"):
+        check_config(RewardModelConfig(kind="gen-rm", engine="remote"))
+    check_config(RewardModelConfig(kind="gen-rm", engine="tinker", backbone="Qwen/Qwen3-8B"))

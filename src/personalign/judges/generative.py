@@ -235,14 +235,21 @@ class GenerativeJudge(Judge):
             base = manifest["backbone"]
         else:
             base = weights["model"]
-        # fp32 as in training: a judge's verdict often rests on log-prob gaps that bf16 rounds away.
-        backend = HFBackend(ModelConfig(model=base, device=device, dtype="fp32"))
-        # A trainable engine is also a sampling client: loading the adapter through it keeps scoring on the
-        # engine the judge was trained on (the local engine loads the saved adapter; remote ones their path).
-        lora = LoraSettings(enabled=adapter is not None)
-        engine = build_engine(manifest["engine"], backend, lora, init_adapter=adapter)
-        renderer = ComparisonRenderer(backend.tokenizer, manifest["max_chars"], manifest["max_length"])
-        return cls(engine, renderer, manifest.get("rubric"))
+        client: SamplingClient
+        if manifest["engine"] == "tinker":
+            # The service samples (and scores) saved weights by their tinker:// path; settings from the env.
+            from personalign.backends.tinker import TinkerBackend
+
+            tinker = TinkerBackend(ModelConfig(model=base, backend="tinker", adapter=adapter))
+            client, tokenizer = tinker.sampler, tinker.tokenizer
+        else:
+            # fp32 as in training: a judge's verdict often rests on log-prob gaps that bf16 rounds away.
+            backend = HFBackend(ModelConfig(model=base, device=device, dtype="fp32"))
+            # A trainable engine is also a sampling client; the local engine loads the saved adapter (or model).
+            client = build_engine("local", backend, LoraSettings(enabled=adapter is not None), init_adapter=adapter)
+            tokenizer = backend.tokenizer
+        renderer = ComparisonRenderer(tokenizer, manifest["max_chars"], manifest["max_length"])
+        return cls(client, renderer, manifest.get("rubric"))
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -271,6 +278,9 @@ def check_config(config: RewardModelConfig) -> None:
                                f"{config.backbone!r}; use --backbone default or a causal-LM folder")
     if config.engine not in ENGINES:
         raise PersonalignError(f"rm.engine {config.engine!r}: unknown; use one of {', '.join(ENGINES)}")
+    if config.engine == "tinker" and (config.backbone == "default" or not config.lora):
+        raise PersonalignError("rm.engine tinker: the service trains LoRA adapters of the models it lists; pass "
+                               "--backbone as the service names it (e.g. Qwen/Qwen3-8B) and --lora")
 
 
 def _engine_for(config: RewardModelConfig) -> tuple[TrainingEngine, Any]:
@@ -279,8 +289,13 @@ def _engine_for(config: RewardModelConfig) -> tuple[TrainingEngine, Any]:
     from personalign.engines import build_engine
 
     check_config(config)
-    backend = HFBackend(ModelConfig(model=config.backbone, device=config.device, dtype="fp32"))
     lora = LoraSettings(enabled=config.lora, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0)
+    if config.engine == "tinker":  # the service's model; connection settings from TINKER_BASE_URL / _API_KEY
+        from personalign.backends.tinker import TinkerBackend
+
+        backend: Any = TinkerBackend(ModelConfig(model=config.backbone, backend="tinker"))
+    else:
+        backend = HFBackend(ModelConfig(model=config.backbone, device=config.device, dtype="fp32"))
     return build_engine(config.engine, backend, lora), backend
 
 
