@@ -136,7 +136,7 @@ def test_ditto_from_feedback_learns_the_edit(tmp_path, tiny_model_dir, feedback_
     edited, original = EDITED, GOOD.format(n="Fay")
     before = margin(base, "Greet Fay.", edited, original)
     run = train(tmp_path, tiny_model_dir, feedback_db, "ditto", {
-        "sft_steps": 4, "sft_lr": 1e-2, "lr": 1e-2, "iterations": 1, "steps_per_iteration": 4,
+        "sft_steps": 4, "sft_lr": 1e-2, "sft_warmup_steps": 0, "lr": 1e-2, "iterations": 1, "steps_per_iteration": 4,
         "samples_per_prompt": 2, "pairs_per_step": 6, "sample_max_new_tokens": 8, "batch_size": 3,
         "lora": {"r": 8, "dropout": 0.0, "target_modules": ALL_LINEAR}})
     manifest = json.loads((run / "method.json").read_text())
