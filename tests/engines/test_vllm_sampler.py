@@ -154,7 +154,7 @@ def vllm_server(chat_tokenizer, tmp_path_factory):
     make_tiny_llama(chat_tokenizer, hidden=128).save_pretrained(model_dir)
     chat_tokenizer.save_pretrained(model_dir)
     settings = VLLMSettings(mode="server", dtype="float32", max_model_len=512, gpu_memory_utilization=0.08,
-                            ready_timeout_s=400)
+                            ready_timeout_s=900)  # its start-up takes minutes on a loaded CPU
     server = start_server(str(VLLM_VENV / "bin" / "python"), str(model_dir), 8, settings)
     yield server, model_dir
     server.close()
