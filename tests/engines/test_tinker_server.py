@@ -105,15 +105,19 @@ def test_dpo_custom_loss_raises_the_signatures_logprob(tinker_server):
 
     backend = _backend(tinker_server)
     engine = build_engine("tinker", backend, LoraSettings(r=8), None)
-    chosen = [_pair(backend, TARGET)]
-    rejected = [_pair(backend, "Thanks, that works for me.\n\nBest regards, the team")]
+    # Only the sign-off differs, so the chosen completion's log-prob is the signature's.
+    chosen = [_pair(backend, SIGNATURE)]
+    rejected = [_pair(backend, "Best regards, the team")]
     ref_c, ref_r = sequence_sums(engine, chosen), sequence_sums(engine, rejected)
-    session = TrainingSession(engine, TrainConfig(lr=1e-3, max_steps=3), None)
+    session = TrainingSession(engine, TrainConfig(lr=2e-4, max_steps=3), None)
     outs = [session.update(datums(chosen + rejected), dpo_custom_loss(ref_c, ref_r, beta=0.1)) for _ in range(3)]
     assert outs[0].loss == pytest.approx(0.6931, abs=1e-3)  # π = π_ref at step 0: −log σ(0)
     assert outs[-1].loss < outs[0].loss
     assert outs[-1].metrics["reward_margin"] > 0
-    assert float(sequence_sums(engine, chosen)[0]) > float(ref_c[0])
+    # The signature's log-prob gains on the rejected sign-off's. Its absolute log-prob fell on skyrl-tx (-30.4 →
+    # -47.7 at lr 2e-4, with its fixed alpha 32 on attention and MLP): DPO's likelihood displacement.
+    after_c, after_r = float(sequence_sums(engine, chosen)[0]), float(sequence_sums(engine, rejected)[0])
+    assert after_c - after_r > float(ref_c[0] - ref_r[0])
 
 
 def test_personalize_engine_tinker_then_generate_and_export_the_run(tinker_server, tmp_path):
@@ -129,7 +133,7 @@ def test_personalize_engine_tinker_then_generate_and_export_the_run(tinker_serve
         "name": "Zed Toy", "task": "write notes", "constraints": {"sign_off": SIGNATURE},
         "demonstrations": [{"prompt": "Can we meet at 3?", "output": TARGET}], "eval_prompts": ["Greet Gus."]}))
     config = tmp_path / "sft.yaml"
-    config.write_text(yaml.safe_dump({"method_config": {"max_steps": 2, "batch_size": 1, "lr": 1e-3,
+    config.write_text(yaml.safe_dump({"method_config": {"max_steps": 2, "batch_size": 1, "lr": 1e-3, "lora": {"r": 8},
                                                         "synthetic": {"n_keep": 0}}}))
     run = tmp_path / "run"
     runner = CliRunner()
