@@ -11,7 +11,8 @@ from conftest import make_tiny_llama
 SIGNATURES = {"zed": "Zed Zed Zed", "ann": "Ann Ann Ann"}
 # Constant outputs, all linear layers, a high learning rate: the tiny random model then answers any prompt
 # with its run's signature under greedy decoding, so which adapter produced a reply is unambiguous.
-TRAIN = {"max_steps": 40, "lr": 2e-2, "batch_size": 4, "val_fraction": 0.0, "synthetic": {"n_keep": 0},
+TRAIN = {"max_steps": 40, "lr": 2e-2, "warmup_steps": 0, "batch_size": 4, "val_fraction": 0.0,
+         "synthetic": {"n_keep": 0},
          "lora": {"r": 8, "dropout": 0.0,
                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}}
 
