@@ -23,7 +23,6 @@ RUN_DIR/heldout_pairs.jsonl` reproduces the held-out agreement the run reports.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -49,6 +48,7 @@ from personalign.errors import PersonalignError
 from personalign.judges.base import Judge, JudgeScore, Label, Verdict, swap_label
 from personalign.judges.labeled_sets import LabeledPair
 from personalign.profiles.schema import Profile
+from personalign.progress import Progress
 from personalign.runs import RunDir
 from personalign.splits import TrainingData, write_training_data
 
@@ -356,13 +356,8 @@ def train_generative_judge(
     if before is None:
         before = {k: v for k, v in agreement().items() if k in ("accuracy", "position_bias_rate", "p_chosen")}
     start = time.perf_counter()
-    bar_ctx: Any = contextlib.nullcontext()
-    if progress:
-        from personalign.progress import Progress
-
-        bar_ctx = Progress(transient=True)
-    with bar_ctx as bar:
-        task = bar.add_task("gen-rm", total=steps, completed=session.step) if bar is not None else None
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("gen-rm", total=steps, completed=session.step)
         while session.step < steps:
             batch = [d for i in batch_indices(len(examples), config.batch_size, session.step, config.seed)
                      for d in examples[i]]
@@ -375,8 +370,7 @@ def train_generative_judge(
             run_dir.log_metrics(record, step=session.step)
             if session.step % config.save_every == 0 or session.step == steps:
                 session.save({"heldout_before": before})
-            if bar is not None:
-                bar.update(task, completed=session.step, description=f"gen-rm loss {out.loss:.3f}")
+            bar.update(task, completed=session.step, description=f"gen-rm loss {out.loss:.3f}")
     after = agreement(with_ci=True)
     weights = engine.save_weights(run_dir.path)
     summary = {

@@ -11,7 +11,6 @@ every `eval_every` steps lands in the run dir's metrics.jsonl, checkpoints every
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -29,6 +28,7 @@ from personalign.io import atomic_dir
 from personalign.judges.base import Judge, JudgeScore
 from personalign.judges.labeled_sets import LabeledPair
 from personalign.profiles.schema import Profile
+from personalign.progress import Progress
 from personalign.runs import RunDir
 from personalign.splits import TrainingData, group_split, write_training_data
 
@@ -330,13 +330,8 @@ def train_reward_model(
     if resume and session.restore() is not None:
         resumed_from = str(run_dir.path / "checkpoints" / f"step-{session.step:06d}")
     start = time.perf_counter()
-    bar_ctx: Any = contextlib.nullcontext()
-    if progress:
-        from personalign.progress import Progress
-
-        bar_ctx = Progress(transient=True)
-    with bar_ctx as bar:
-        task = bar.add_task("reward model", total=steps, completed=session.step) if bar is not None else None
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("reward model", total=steps, completed=session.step)
         while session.step < steps:
             batch = [encoded[i] for i in batch_indices(len(encoded), config.batch_size, session.step, config.seed)]
             margins = torch.tensor([float(m or 0.0) for _, _, m in batch]) if with_margin else None
@@ -351,8 +346,7 @@ def train_reward_model(
             run_dir.log_metrics(record, step=session.step)
             if session.step % config.save_every == 0 or session.step == steps:
                 session.save()
-            if bar is not None:
-                bar.update(task, completed=session.step, description=f"reward model loss {out.loss:.3f}")
+            bar.update(task, completed=session.step, description=f"reward model loss {out.loss:.3f}")
     after = pairwise_accuracy(rm, heldout) if heldout else float("nan")
     loss_after = heldout_loss(rm, heldout) if heldout else float("nan")
     weights = run_dir.path / MODEL_DIR

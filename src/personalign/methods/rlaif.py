@@ -55,6 +55,7 @@ from personalign.methods.training import (
     sequence_sums,
 )
 from personalign.profiles.schema import Profile
+from personalign.progress import Progress
 from personalign.runs import RunDir, seed_everything
 
 REWARD_KINDS = ("rm", "gen-rm", "rules", "pairwise", "length")
@@ -353,13 +354,8 @@ class RLAIFMethod(Personalizer):
         self.policy = policy_sampler(cfg, engine, self.backend, cfg.lora.r, cfg.seed)
         sampling = SamplingConfig(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens)
-        bar_ctx: Any = contextlib.nullcontext()
-        if progress:
-            from personalign.progress import Progress
-
-            bar_ctx = Progress(transient=True)
-        with bar_ctx as bar, contextlib.closing(self.policy):
-            task = bar.add_task("rlaif", total=cfg.max_steps, completed=session.step) if bar is not None else None
+        with Progress(transient=True, disable=not progress) as bar, contextlib.closing(self.policy):
+            task = bar.add_task("rlaif", total=cfg.max_steps, completed=session.step)
             while session.step < cfg.max_steps:
                 record = self._step(session, train_prompts, reward, sampling)
                 step = session.step
@@ -369,8 +365,7 @@ class RLAIFMethod(Personalizer):
                 run.log_metrics(record, step=step)
                 if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                     session.save()
-                if bar is not None:
-                    bar.update(task, completed=step, description=f"rlaif reward {record['reward']:.3f}")
+                bar.update(task, completed=step, description=f"rlaif reward {record['reward']:.3f}")
         self.summary = self._summarize(run, evaluator[0] if evaluator else None, progress)
         if run_dir is not None:
             save_trained(self, run_dir, engine)

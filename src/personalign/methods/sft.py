@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +40,7 @@ from personalign.methods.training import (
     truncate_pair,
 )
 from personalign.profiles.schema import Profile
+from personalign.progress import Progress
 from personalign.runs import RunDir, seed_everything
 
 LogFn = Callable[[dict[str, Any], int], None]
@@ -105,13 +105,8 @@ def run_sft(
     scratch = tempfile.TemporaryDirectory(prefix="sft-best-") if root is None else None
     best_dir = (Path(scratch.name) if scratch is not None else root) / "best"  # type: ignore[operator]
     start = time.perf_counter()
-    bar_ctx: Any = nullcontext()
-    if progress:
-        from personalign.progress import Progress
-
-        bar_ctx = Progress(transient=True)
-    with bar_ctx as bar:
-        task = bar.add_task(phase, total=config.max_steps, completed=session.step) if bar is not None else None
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(phase, total=config.max_steps, completed=session.step)
         while session.step < config.max_steps and not stopped:
             batch = [train[i] for i in batch_indices(len(train), config.batch_size, session.step, config.seed)]
             loss = session.update(datums(batch), CrossEntropy()).loss
@@ -134,8 +129,7 @@ def run_sft(
                 log(record, session.step)
             if session.step % config.checkpoint_every == 0 or stopped or session.step == config.max_steps:
                 session.save({"best_val": best_val, "bad_evals": bad_evals, "stopped": stopped})
-            if bar is not None:
-                bar.update(task, completed=session.step, description=f"{phase} loss {loss:.3f}")
+            bar.update(task, completed=session.step, description=f"{phase} loss {loss:.3f}")
     if best_val is not None and best_dir.is_dir():
         engine.load_state(best_dir, optimizer=False)  # early stopping keeps the best held-out weights
     if scratch is not None:
