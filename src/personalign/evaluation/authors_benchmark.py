@@ -38,6 +38,7 @@ from personalign.io import atomic_write_text
 from personalign.judges.rules import count_words
 from personalign.methods.base import Personalizer, available_methods, build_personalizer, method_class
 from personalign.methods.prompted import reuse_trained
+from personalign.methods.spec import PROMPT_SUFFIX
 from personalign.profiles.ditto_authors import author_ids, author_profile, authorship_pools
 from personalign.profiles.schema import Profile
 from personalign.runs import RunDir, seed_everything
@@ -212,8 +213,8 @@ def run_people(
             say(f"author {author}: {name} on {len(eval_prompts)} prompts")
             personalizer = (reuse_trained(name, fitted, cfg.method_configs)
                             or _fit(name, cfg, profile, shared, run, author))
-            if personalizer.trainable:
-                fitted[name] = personalizer
+            if personalizer.trainable and name + PROMPT_SUFFIX in methods:
+                fitted[name] = personalizer  # kept (a model copy) only for the `+prompt` method that reuses it
             personalizer.assert_not_trained_on([p.prompt for p in eval_prompts], references,
                                                who=f"method {name} (author {author})")
             samples = personalizer.generate([p.prompt for p in eval_prompts], sampling, progress=progress)

@@ -22,7 +22,7 @@ from personalign.errors import PersonalignError
 from personalign.judges.rules import compliance, count_words
 from personalign.methods.base import Personalizer
 from personalign.methods.prompted import reuse_trained
-from personalign.methods.spec import parse_spec, resolve_personalizer
+from personalign.methods.spec import PROMPT_SUFFIX, parse_spec, resolve_personalizer
 from personalign.profiles import Profile, load_profile
 from personalign.runs import RunDir, seed_everything
 from personalign.splits import assert_disjoint
@@ -106,8 +106,8 @@ def run_comparison(
                             or _fit_method(label, config, profile, shared, run))
             if personalizer.profile is None:
                 personalizer.profile = profile
-            if personalizer.trainable:
-                fitted[label] = personalizer
+            if personalizer.trainable and label + PROMPT_SUFFIX in config.methods:
+                fitted[label] = personalizer  # kept (a model copy) only for the `+prompt` method that reuses it
         personalizer.assert_not_trained_on(prompts, who=f"method {label}")
         if progress:
             from personalign.cli.common import console
