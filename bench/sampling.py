@@ -2,6 +2,7 @@
 
     python bench/sampling.py --out bench/results/sampling.json [--repeats 3] [--max-new-tokens 64] [--device cpu]
     python bench/sampling.py --batches-only --batches 8,16,32,64 --out bench/results/sampling_batches.json
+    python bench/sampling.py --greedy-only --greedy-batches 1,8,32 --out bench/results/sampling_greedy.json
 
 Part 1: both implementations run greedy decoding on the same chat prompts in the same process, so their
 outputs (and token counts) are identical and the ratio isolates backend overhead. Part 2 (the batch sweep,
@@ -124,10 +125,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--batches", default="8,16,32,64", help="batch sizes of the sampling sweep")
     parser.add_argument("--batches-only", action="store_true", help="run only the batch sweep")
+    parser.add_argument("--greedy-batches", default="1,8", help="batch sizes of part 1 (greedy, raw vs backend)")
+    parser.add_argument("--greedy-only", action="store_true", help="run only part 1 (and the load time)")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     ensure_default_model()
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    greedy_batches = [int(b) for b in args.greedy_batches.split(",") if b.strip()]
     if args.batches_only:
         load_before = load_average()
         sweep = batch_sweep(args.device, batches, args.repeats, args.max_new_tokens)
@@ -144,9 +148,10 @@ def main() -> None:
         load_times.append(time.perf_counter() - start)
     results = []
     for dtype in ("fp32", "bf16"):
-        backend = HFBackend(ModelConfig(device=args.device, dtype=dtype, batch_size=8))
-        for batch_size in (1, 8):
-            convs = [[{"role": "user", "content": p}] for p in PROMPTS[:batch_size]]
+        backend = HFBackend(ModelConfig(device=args.device, dtype=dtype, batch_size=max(greedy_batches)))
+        for batch_size in greedy_batches:
+            convs = [[{"role": "user", "content": p}]
+                     for p in (PROMPTS[:batch_size] if batch_size <= len(PROMPTS) else sweep_prompts(batch_size))]
             backend_generate(backend, convs, 8)  # warm-up
             for impl in ("raw_generate", "personalign"):
                 speeds = []
@@ -163,11 +168,11 @@ def main() -> None:
                 print(json.dumps(row))
     ratios = {}
     for dtype in ("fp32", "bf16"):
-        for batch_size in (1, 8):
+        for batch_size in greedy_batches:
             ours, raw = (next(r["tokens_per_s"] for r in results if r["impl"] == impl and r["dtype"] == dtype
                               and r["batch_size"] == batch_size) for impl in ("personalign", "raw_generate"))
             ratios[f"{dtype}_bs{batch_size}"] = round(ours / raw, 3)
-    sweep = batch_sweep(args.device, batches, args.repeats, args.max_new_tokens)
+    sweep = None if args.greedy_only else batch_sweep(args.device, batches, args.repeats, args.max_new_tokens)
     report = {
         "results": results, "load_s": round(statistics.median(load_times), 3), "ratio_vs_raw": ratios,
         "batch_sweep": sweep, "load_average_after": load_average(),

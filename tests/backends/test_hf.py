@@ -11,6 +11,7 @@ from personalign.backends.base import truncate_at_stop
 from personalign.backends.hf import (
     GeneratedTokensRepetitionPenalty,
     HFBackend,
+    NucleusWarper,
     default_batch_size,
     resolve_dtype,
     sequence_logprobs,
@@ -72,6 +73,36 @@ def test_repetition_penalty_by_hand_spares_prompt_tokens():
     # generated tokens: 2.0 / 2 and -1.0 * 2; token 2 was never seen; prompt token 3 keeps its logit.
     assert penalty(input_ids, scores).tolist() == [[1.0, -2.0, 0.5, 4.0]]
     assert torch.equal(GeneratedTokensRepetitionPenalty(2.0, prompt_length=4)(input_ids, scores), scores)
+
+
+def test_nucleus_by_hand_keeps_the_smallest_set_reaching_top_p():
+    scores = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    # Mass before each token, most likely first: 0, 0.5, 0.8, 0.95; keep while it is below top_p = 0.8.
+    kept = NucleusWarper(0.8, candidates=4)(None, scores)
+    assert torch.isfinite(kept).tolist() == [[True, True, False, False]]
+    assert torch.allclose(kept[0, :2], scores[0, :2])
+    assert torch.isfinite(NucleusWarper(0.01, candidates=4)(None, scores)).tolist() == [[True, False, False, False]]
+
+
+@pytest.mark.parametrize("candidates", [4, 64, 1000])
+def test_nucleus_equals_transformers_top_p_including_the_full_sort_fallback(candidates):
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    generator = torch.Generator().manual_seed(0)
+    # Peaked rows (nucleus inside few candidates) and a flat row (nucleus beyond them: the fallback path).
+    scores = torch.cat([torch.randn(3, 500, generator=generator) * 6, torch.randn(1, 500, generator=generator) * 0.1])
+    for top_p in (0.5, 0.9, 0.95):
+        ours = NucleusWarper(top_p, candidates=candidates)(None, scores)
+        theirs = TopPLogitsWarper(top_p)(None, scores)
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+        assert torch.equal(ours[torch.isfinite(ours)], scores[torch.isfinite(theirs)])
+
+
+def test_sampling_with_top_p_uses_the_nucleus_filter_and_greedy_uses_none(tiny_backend):
+    processors = tiny_backend.logits_processors(SamplingConfig(temperature=0.7, top_p=0.9), 5)
+    assert [type(p) for p in processors] == [NucleusWarper]
+    assert not tiny_backend.logits_processors(SamplingConfig(temperature=0.0, top_p=0.9), 5)
+    assert not tiny_backend.logits_processors(SamplingConfig(temperature=0.7, top_p=1.0), 5)
 
 
 def test_repetition_penalty_reaches_generation(tiny_backend):

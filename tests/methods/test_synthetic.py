@@ -12,7 +12,7 @@ from personalign.backends.base import Conversation, GenerationBackend
 from personalign.config import SamplingConfig
 from personalign.errors import DataError
 from personalign.io import atomic_write_jsonl
-from personalign.judges.rules import check_text
+from personalign.judges.rules import check_text, count_words
 from personalign.methods.sft import SFTMethod
 from personalign.methods.synthetic import (
     LENGTH_CLASSES,
@@ -125,6 +125,17 @@ def test_best_of_n_prefers_unrepaired_and_counts_every_reason():
     # The outputs were written by the `prompt` method: rules and demonstrations are in the chat.
     assert teacher.requests[0][0]["role"] == "system" and "Zed" in teacher.requests[0][0]["content"]
     assert teacher.requests[0][-1]["content"] == build_prompts(PROFILE, 5, 0)[0].text
+
+
+def test_best_of_n_picks_the_passing_sample_nearest_the_demonstrations_median_length():
+    # Demonstrations: 16 and 12 words (sign-off included), median 14. Both samples pass every check; the first
+    # has 30 words, the second 15, so the second is kept although the first came first.
+    long = BODY + "\n\nCheers,\nZed"
+    near = "Hi Bo, thanks so much for carrying the couch up the stairs today.\n\nCheers,\nZed"
+    assert [count_words(t) for t in (DEMO_OUTPUT, PROFILE.demonstrations[1].output, long, near)] == [16, 12, 30, 15]
+    rows, _ = generate_synthetic(PROFILE, ScriptedTeacher(outputs=[[long, near]]),
+                                 SyntheticConfig(n_candidates=1, n_keep=1, best_of=2))
+    assert [r["output"] for r in rows] == [near]
 
 
 def test_repairs_switch_off():

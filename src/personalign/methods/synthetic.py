@@ -39,6 +39,7 @@ from personalign.judges.rules import (
     _is_closing,
     check_tells,
     check_text,
+    count_words,
     looks_truncated,
 )
 from personalign.profiles.schema import Profile
@@ -335,11 +336,23 @@ def near_duplicates(vectors: np.ndarray, reference: np.ndarray, threshold: float
     return flags
 
 
+def demonstration_words(profile: Profile) -> float | None:
+    """Median word count of the profile's demonstrations: the length best-of-n aims for."""
+    counts = sorted(count_words(d.output) for d in profile.demonstrations)
+    return float(np.median(counts)) if counts else None
+
+
 def _choose(samples: Sequence[str], profile: Profile, config: SyntheticConfig) -> tuple[str | None, list[str],
                                                                                           list[str]]:
-    """Best of n: (chosen text or None, its repairs, failing checks of the best rejected sample)."""
+    """Best of n: (chosen text or None, its repairs, failing checks of the best rejected sample).
+
+    Among the samples that pass every check, one that needed no repair wins, and then the one whose length is
+    closest to the demonstrations' median. Taking the first passing sample instead kept rows near the length
+    check's lower bound, and SFT on them wrote emails too short for it (BENCHMARKS.md, full CPU settings).
+    """
+    target = demonstration_words(profile)
     best_failures: list[str] | None = None
-    repaired_choice: tuple[str, list[str]] | None = None
+    passing: list[tuple[str, list[str]]] = []
     for sample in samples:
         if not sample.strip():
             best_failures = best_failures or ["empty_output"]
@@ -357,13 +370,14 @@ def _choose(samples: Sequence[str], profile: Profile, config: SyntheticConfig) -
             results = check_text(text, profile.constraints) + check_tells(text)
             failures = [r.name for r in results if not r.passed]
             if not failures:
-                if not applied:
-                    return text, [], []
-                repaired_choice = repaired_choice or (text, applied)
-            elif best_failures is None or len(failures) < len(best_failures):
+                passing.append((text, applied))
+                break
+            if best_failures is None or len(failures) < len(best_failures):
                 best_failures = failures
-    if repaired_choice is not None:
-        return repaired_choice[0], repaired_choice[1], []
+    if passing:
+        text, applied = min(passing, key=lambda c: (bool(c[1]),
+                                                     0.0 if target is None else abs(count_words(c[0]) - target)))
+        return text, applied, []
     return None, [], best_failures or ["empty_output"]
 
 
