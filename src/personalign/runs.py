@@ -39,7 +39,7 @@ def add_metrics_listener(listener: Callable[[dict[str, Any]], None]) -> None:
     _LISTENERS.append(listener)
 
 TRACKED_PACKAGES = (
-    "personalign", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
+    "personalign", "torch", "transformers", "peft", "accelerate", "datasets",
     "sentence-transformers", "scikit-learn", "numpy", "pydantic",
 )
 
