@@ -338,7 +338,7 @@ def near_duplicates(vectors: np.ndarray, reference: np.ndarray, threshold: float
 
 def demonstration_words(profile: Profile) -> float | None:
     """Median word count of the profile's demonstrations: the length best-of-n aims for."""
-    counts = sorted(count_words(d.output) for d in profile.demonstrations)
+    counts = [count_words(d.output) for d in profile.demonstrations]
     return float(np.median(counts)) if counts else None
 
 
