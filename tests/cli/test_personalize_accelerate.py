@@ -141,8 +141,8 @@ def test_resume_under_two_processes_reproduces_the_uninterrupted_run(setup):
     (["--accelerate-config", "{configs}/ddp.yaml"], "--accelerate-config: only used with --engine accelerate"),
     (["--engine", "accelerate", "--num-processes", "0"], "--num-processes"),
     (["--engine", "accelerate", "--method", "rlaif"], "--method rlaif cannot run data-parallel yet"),
-    (["--engine", "accelerate", "--accelerate-config", "{configs}/fsdp.yaml"],
-     "distributed_type FSDP is not supported by the accelerate engine yet"),
+    (["--engine", "accelerate", "--accelerate-config", "{configs}/deepspeed-zero2.yaml"],
+     "deepspeed-zero2.yaml: DeepSpeed is not supported by the accelerate engine"),
     (["--engine", "accelerate", "--accelerate-config", "{tmp}/none.yaml"], "none.yaml: file not found"),
     (["--engine", "acelerate"], "--engine"),
 ])

@@ -11,7 +11,7 @@ import pytest
 from personalign.engines.launch import (
     ENTRY_MODULE,
     _exit_code,
-    check_distributed_type,
+    check_accelerate_config,
     launch_args,
     load_accelerate_config,
 )
@@ -57,16 +57,23 @@ def test_shipped_configs_are_valid_for_accelerate_launch(name, monkeypatch):
         assert args.use_deepspeed and int(args.zero_stage) == 2
 
 
-def test_bad_configs_and_sharded_types_fail_with_one_line(tmp_path):
+def test_bad_configs_and_unsupported_types_fail_with_one_line(tmp_path):
     with pytest.raises(PersonalignError, match="file not found"):
         load_accelerate_config(tmp_path / "nowhere.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("distributed_type: MULTI_GPU\nnum_proceses: 2\n")
     with pytest.raises(PersonalignError, match=r"bad\.yaml: not a valid accelerate config .*num_proceses"):
         load_accelerate_config(bad)
-    check_distributed_type(load_accelerate_config(CONFIGS / "ddp.yaml").distributed_type, "x")
-    with pytest.raises(PersonalignError, match="FSDP is not supported by the accelerate engine yet"):
-        check_distributed_type(load_accelerate_config(CONFIGS / "fsdp.yaml").distributed_type, "x")
+    check_accelerate_config(CONFIGS / "ddp.yaml")
+    check_accelerate_config(CONFIGS / "fsdp.yaml")
+    with pytest.raises(PersonalignError, match=r"deepspeed-zero2\.yaml: DeepSpeed is not supported .* use "
+                                               r"configs/accelerate/fsdp\.yaml"):
+        check_accelerate_config(CONFIGS / "deepspeed-zero2.yaml")
+    # FSDP1 (a config without fsdp_version 2): its flat parameters cannot mix LoRA's trainable and frozen weights
+    fsdp1 = tmp_path / "fsdp1.yaml"
+    fsdp1.write_text((CONFIGS / "fsdp.yaml").read_text().replace("fsdp_version: 2", "fsdp_version: 1"))
+    with pytest.raises(PersonalignError, match=r"fsdp1\.yaml: fsdp_version 1 is not supported.*fsdp_version: 2"):
+        check_accelerate_config(fsdp1)
 
 
 def test_exit_codes_of_failed_launches():

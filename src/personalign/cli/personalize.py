@@ -91,10 +91,9 @@ def check_launch(cfg: PersonalizeConfig) -> None:
         raise PersonalignError(f"--engine accelerate trains a local model; model.backend is {cfg.model.backend!r}: "
                                "use backend hf")
     if cfg.accelerate_config:
-        from personalign.engines.launch import check_distributed_type, load_accelerate_config
+        from personalign.engines.launch import check_accelerate_config
 
-        loaded = load_accelerate_config(cfg.accelerate_config)
-        check_distributed_type(loaded.distributed_type, f"--accelerate-config {cfg.accelerate_config}")
+        check_accelerate_config(cfg.accelerate_config)
 
 
 def _check_method_fields(method: str, config_class: type, fields: dict[str, Any]) -> None:

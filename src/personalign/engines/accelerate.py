@@ -1,4 +1,4 @@
-"""The `accelerate` engine: the local engine data-parallel over processes (`accelerate launch`, DDP; gloo on CPU).
+"""The `accelerate` engine: the local engine data-parallel over processes (`accelerate launch`: DDP or FSDP2).
 
 Every process holds the whole batch (the client sends it to all) and trains on its contiguous shard; the
 losses are scaled so that DDP's gradient average equals the one-process gradient of the whole batch:
@@ -12,11 +12,22 @@ Sampling and `compute_logprobs` are data-parallel too: each process runs its con
 then agrees across processes even though their RNG streams differ). Only the main process (rank 0) writes
 state and weights; each process's RNG state (it drives dropout on its own shard) is gathered into the
 checkpoint, so a resumed run continues every process's stream exactly.
+
+FSDP2 (an accelerate config with `distributed_type: FSDP`, `fsdp_version: 2`) follows accelerate's contract, as
+TRL's trainers do: model and optimizer go through `accelerator.prepare` together (accelerate shards each decoder
+layer with `fully_shard` and re-points the optimizer at the sharded parameters), backward and gradient clipping
+through the accelerator. The losses are scaled exactly as under DDP (FSDP's reduce-scatter averages gradients as
+DDP's all-reduce does). Checkpoints and adapters are gathered whole (FULL_STATE_DICT, torch's
+`get_model_state_dict` with frozen base weights left out), so rank 0 writes the same files as the local engine:
+a checkpoint resumes under any engine or process count. Every forward of a sharded model is a collective, so
+each process pads its shard of a sampling or scoring call to the same number of rows (the padding is dropped).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -27,6 +38,7 @@ import torch
 
 from personalign.config import SamplingConfig
 from personalign.engines.base import (
+    AdamParams,
     CrossEntropy,
     CustomLoss,
     Datum,
@@ -39,7 +51,15 @@ from personalign.engines.base import (
     policy_loss,
     resolved,
 )
-from personalign.engines.local import LocalEngine, _right_aligned, _weights_tensor, sft_batch, token_logprobs
+from personalign.engines.local import (
+    OPTIMIZER_FILE,
+    WEIGHTS_FILE,
+    LocalEngine,
+    _right_aligned,
+    _weights_tensor,
+    sft_batch,
+    token_logprobs,
+)
 from personalign.errors import PersonalignError
 
 RNG_FILE = "rng_per_process.pt"
@@ -54,15 +74,34 @@ class AccelerateEngine(LocalEngine):
     def __init__(self, backend: Any, lora: LoraSettings, init_adapter: str | None = None,
                  logprob_batch_size: int = 8):
         from accelerate import Accelerator
+        from accelerate.utils import DistributedType
 
         super().__init__(backend, lora, init_adapter, logprob_batch_size)
-        from personalign.engines.launch import check_distributed_type
+        from personalign.engines.launch import check_distributed_type, check_fsdp_version
 
         self.accelerator = Accelerator(cpu=backend.device.type == "cpu")
+        _fsdp_on_cpu(self.accelerator)
         check_distributed_type(self.accelerator.distributed_type, "engine accelerate")
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            check_fsdp_version(self.accelerator.state.fsdp_plugin.fsdp_version, "engine accelerate")
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
-        self.ddp = self.accelerator.prepare_model(self.model)  # DDP-wrapped when world > 1
+        self.fsdp = self.accelerator.is_fsdp2
+        if self.fsdp:
+            # The transformers model (LoRA layers inside) becomes the sharded root, in place: peft's forward and
+            # its generate both call it, so the root's hooks gather the weights for either (a PeftModel root is
+            # bypassed by generate). The optimizer now holds the shards.
+            root = self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
+            _, self.optimizer = self.accelerator.prepare(root, self.optimizer)
+            self.ddp = self.model
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            # transformers' generate runs every process in lockstep to the longest sequence (synced_gpus) only
+            # for models it marks as FSDP-managed; accelerate's fully_shard does not mark them, so mark it, or a
+            # process whose samples end early would stop joining the others' all-gathers.
+            root._is_fsdp_managed_module = True
+        else:
+            self.ddp = self.accelerator.prepare_model(self.model)  # DDP-wrapped when world > 1
 
     @property
     def is_main(self) -> bool:  # type: ignore[override]
@@ -115,7 +154,7 @@ class AccelerateEngine(LocalEngine):
             w = (weights[:, 1:].reshape(-1).to(nll) if weights is not None else (labels.reshape(-1) != -100).to(nll))
             total = sum(sum(d.weights) if d.weights is not None else len(d.completion) for d in data)
             part = (nll * w).sum() / total
-            (part * self.world).backward()
+            self.accelerator.backward(part * self.world)
             out = ForwardBackwardOutput(self._sum_all(part))
         else:
             logp, mask = token_logprobs(self.ddp, pairs, self.pad_id, device)
@@ -131,36 +170,51 @@ class AccelerateEngine(LocalEngine):
                 per_seq, kl = policy_loss(logp, mask, advantages, sampling, ref, loss.kl_beta, loss.clip_epsilon,
                                           reduce=False)
                 part = per_seq.sum() / len(data)
-                (part * self.world).backward()
+                self.accelerator.backward(part * self.world)
                 out = ForwardBackwardOutput(self._sum_all(part), metrics={"kl": self._sum_all(kl.sum()) / len(data)})
             elif isinstance(loss, CustomLoss):
                 tl = self._gather(logp, mask, data, block)
                 value, metrics = loss.fn(data, tl)
-                value.backward()
+                self.accelerator.backward(value)
                 out = ForwardBackwardOutput(float(value.detach()), tl.sums().detach().tolist(), dict(metrics))
             else:
                 raise PersonalignError(f"unknown loss {loss!r}; use CrossEntropy, PolicyLoss or CustomLoss")
         self.model.eval()
         return resolved(out)
 
+    def optim_step(self, params: AdamParams) -> Future[dict[str, float]]:
+        if not self.fsdp or params.grad_clip_norm <= 0:
+            return super().optim_step(params)
+        # Sharded gradients: the accelerator's clip computes the norm over every process's shards.
+        metrics = {"grad_norm": float(self.accelerator.clip_grad_norm_(self.params, params.grad_clip_norm))}
+        return resolved({**super().optim_step(dataclasses.replace(params, grad_clip_norm=0.0)).result(), **metrics})
+
     # ---- data-parallel sampling and scoring: shard, run, all-gather ---------------------------------
-    def _slice(self, n: int) -> slice:
+    def _lockstep_shard(self, items: Sequence[T]) -> tuple[list[T], int]:
+        """This process's contiguous shard of `items` and how many of its rows are real. Under FSDP every
+        forward is a collective, so the shard is padded (repeating the first item) to the same length on
+        every process, which then runs the same number of batches; the padding's results are dropped."""
+        n = len(items)
         block = math.ceil(n / self.world) if n else 0
-        return slice(min(n, self.rank * block), min(n, (self.rank + 1) * block))
+        shard = list(items[min(n, self.rank * block): min(n, (self.rank + 1) * block)])
+        real = len(shard)
+        if self.fsdp and n:
+            shard += [items[0]] * (block - real)
+        return shard, real
 
     def sample(self, prompts: Sequence[list[int]], sampling: SamplingConfig,
                progress: bool = False) -> Future[list[list[SampledSequence]]]:
         if self.world == 1:
             return super().sample(prompts, sampling, progress)
-        shard = list(prompts[self._slice(len(prompts))])
-        mine = super().sample(shard, sampling, progress).result() if shard else []
+        shard, real = self._lockstep_shard(prompts)
+        mine = super().sample(shard, sampling, progress).result()[:real] if shard else []
         return resolved(self._gather_objects(mine))
 
     def compute_logprobs(self, data: Sequence[Datum]) -> Future[TokenLogprobs]:
         if self.world == 1:
             return super().compute_logprobs(data)
-        shard = list(data[self._slice(len(data))])
-        mine = super().compute_logprobs(shard).result().per_datum() if shard else []
+        shard, real = self._lockstep_shard(data)
+        mine = super().compute_logprobs(shard).result().per_datum()[:real] if shard else []
         rows = self._gather_objects(mine)
         keep = max((len(d.completion) for d in data), default=0)
         values = torch.zeros((len(data), keep))
@@ -189,21 +243,71 @@ class AccelerateEngine(LocalEngine):
     def save_state(self, folder: Path, optimizer: bool = True) -> Path:
         """Called by every process (it gathers each one's RNG state); only the main process writes `folder`."""
         rng = self._gather_objects([torch.get_rng_state()]) if optimizer and self.world > 1 else None
-        if self.is_main:
+        if self.fsdp:
+            self._save_sharded_state(Path(folder), optimizer)
+        elif self.is_main:
             super().save_state(folder, optimizer)
-            if rng is not None:
-                torch.save(rng, Path(folder) / RNG_FILE)
+        if rng is not None and self.is_main:
+            torch.save(rng, Path(folder) / RNG_FILE)
         return Path(folder)
 
+    def _save_sharded_state(self, folder: Path, optimizer: bool) -> None:
+        """The local engine's files from sharded weights: each tensor gathered whole (every process joins),
+        the optimizer state keyed by parameter index as `torch.optim` writes it."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        weights = self._trainable(get_model_state_dict(self.model, options=_full_options()))
+        optim = get_optimizer_state_dict(self.model, self._torch_optimizer, options=_full_options()) \
+            if optimizer else None
+        if not self.is_main:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, folder / WEIGHTS_FILE)
+        if optim is not None:
+            torch.save({"optimizer": _by_index(optim, self.names), "rng": torch.get_rng_state()},
+                       folder / OPTIMIZER_FILE)
+
+    def _trainable(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state` without frozen weights: torch keeps a tied output head (frozen) despite ignore_frozen_params."""
+        keep = set(self.names)
+        return {k: v for k, v in state.items() if k in keep}
+
+    @property
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
     def load_state(self, folder: Path, optimizer: bool = True) -> None:
-        super().load_state(folder, optimizer)
+        if self.fsdp:
+            self._load_sharded_state(Path(folder), optimizer)
+        else:
+            super().load_state(folder, optimizer)
         per_process = Path(folder) / RNG_FILE
         if optimizer and per_process.is_file():
             states = torch.load(per_process, map_location="cpu")
             if len(states) == self.world:  # resumed on as many processes: each continues its own stream
                 torch.set_rng_state(states[self.rank])
 
+    def _load_sharded_state(self, folder: Path, optimizer: bool) -> None:
+        """Every process reads the whole files and keeps its shards (torch's `set_*_state_dict`)."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu")
+        unknown = [k for k in weights if k not in self.names]
+        if unknown:
+            raise PersonalignError(f"checkpoint does not match the model (unknown weights {unknown[:3]}); start a "
+                                   "new run")
+        set_model_state_dict(self.model, weights, options=_full_options(strict=False))
+        if optimizer and (folder / OPTIMIZER_FILE).is_file():
+            saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+            set_optimizer_state_dict(self.model, self._torch_optimizer, _by_name(saved["optimizer"], self.names),
+                                     options=_full_options())
+            torch.set_rng_state(saved["rng"])
+        else:  # a fresh optimizer: Adam's moments zeroed, as the local engine's new optimizer starts
+            self._torch_optimizer.state.clear()
+
     def save_weights(self, folder: Path) -> dict[str, Any]:
+        if self.fsdp:
+            return self._save_sharded_weights(Path(folder))
         if self.is_main:
             saved = super().save_weights(folder)
         else:
@@ -211,3 +315,59 @@ class AccelerateEngine(LocalEngine):
                 {"model": str((Path(folder) / "model").resolve())}
         self.sync()
         return saved
+
+    def _save_sharded_weights(self, folder: Path) -> dict[str, Any]:
+        """The local engine's adapter (or model) folder from the gathered weights, written by rank 0 alone:
+        LoRA gathers only the adapter's tensors; full fine-tuning the whole model (accelerate's get_state_dict)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        lora = hasattr(self.model, "peft_config")
+        state = self._trainable(get_model_state_dict(self.model, options=_full_options())) if lora else \
+            self.accelerator.get_state_dict(self.model)
+        target = folder / ("adapter" if lora else "model")
+        if self.is_main:
+            from personalign.io import atomic_dir
+
+            with atomic_dir(target) as tmp:
+                self.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                if not lora:
+                    self.backend.tokenizer.save_pretrained(tmp)
+        self.model.eval()
+        self.sync()
+        return {"adapter": "adapter"} if lora else {"model": str(target.resolve())}
+
+
+def _full_options(strict: bool = True) -> Any:
+    """Whole tensors of the trainable weights only (the frozen base is never checkpointed), on the CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True, strict=strict)
+
+
+def _by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """torch.distributed's name-keyed optimizer state as `torch.optim` keys it (parameter index), so the file is
+    the local engine's and a checkpoint resumes under any engine."""
+    index = {name: i for i, name in enumerate(names)}
+    return {"state": {index[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+
+def _by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """`_by_index` reversed."""
+    return {"state": {names[int(i)]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def _fsdp_on_cpu(accelerator: Any) -> None:
+    """Turn on FSDP where accelerate itself does not: on CPU processes (gloo), where it leaves an FSDP config
+    as plain multi-CPU data parallelism. `accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP and the
+    FSDP_* settings; the plugin built from them then drives accelerate's own FSDP2 path (`prepare`,
+    `clip_grad_norm_`, `get_state_dict`), exactly as on GPUs."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    wanted = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if not wanted or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin

@@ -39,18 +39,40 @@ def load_accelerate_config(path: str | Path) -> Any:
                                "start from one in configs/accelerate/") from None
 
 
-# accelerate distributed types the engine trains under. FSDP and DeepSpeed shard weights or optimizer state, so
-# the engine would have to build its optimizer through `accelerator.prepare`, gather sharded weights to save and
-# sample in lockstep on every process: not done yet (their configs under configs/accelerate/ are ready for it).
-SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU")
+# accelerate distributed types the engine trains under: DDP (every process holds the whole model) and FSDP2
+# (parameters, gradients and optimizer state sharded; tested on CPU processes over gloo). DeepSpeed would need its
+# engine to own the optimizer step and the saving (`accelerator.prepare` returns a DeepSpeedEngine): not done.
+SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP")
 
 
 def check_distributed_type(distributed_type: Any, where: str) -> None:
-    """One line when accelerate would run the engine sharded (FSDP, DeepSpeed, ...) rather than data-parallel."""
+    """One line when accelerate would run the engine in a way it does not train under (DeepSpeed, ...)."""
     name = getattr(distributed_type, "value", str(distributed_type))
+    if name == "DEEPSPEED":
+        raise PersonalignError(f"{where}: DeepSpeed is not supported by the accelerate engine (untested: DeepSpeed "
+                               "does not run on this project's CPU test machines); for sharded optimizer state and "
+                               "gradients use configs/accelerate/fsdp.yaml (FSDP2), else configs/accelerate/ddp.yaml")
     if name not in SUPPORTED_TYPES:
-        raise PersonalignError(f"{where}: distributed_type {name} is not supported by the accelerate engine yet "
-                               "(it trains DDP: every process holds the whole model); use configs/accelerate/ddp.yaml")
+        raise PersonalignError(f"{where}: distributed_type {name} is not supported by the accelerate engine; use "
+                               "configs/accelerate/ddp.yaml (DDP) or configs/accelerate/fsdp.yaml (FSDP2)")
+
+
+def check_fsdp_version(version: Any, where: str) -> None:
+    """FSDP1 flattens each wrapped module's parameters into one tensor that must be all trainable or all frozen,
+    which LoRA's mix breaks without extra wrapping policies; only FSDP2 (per-parameter shards) is supported."""
+    if int(version) != 2:
+        raise PersonalignError(f"{where}: fsdp_version {version} is not supported by the accelerate engine; set "
+                               "fsdp_config.fsdp_version: 2 (FSDP2, as configs/accelerate/fsdp.yaml does)")
+
+
+def check_accelerate_config(path: str | Path) -> Any:
+    """The parsed config of `--accelerate-config`, refused in one line if the engine cannot train under it."""
+    config = load_accelerate_config(path)
+    where = f"--accelerate-config {path}"
+    check_distributed_type(config.distributed_type, where)
+    if getattr(config.distributed_type, "value", "") == "FSDP":
+        check_fsdp_version((config.fsdp_config or {}).get("fsdp_version", 1), where)
+    return config
 
 
 def free_port() -> int:
