@@ -149,3 +149,63 @@ def _free_port() -> int:
     from personalign.engines.launch import free_port
 
     return free_port()
+
+
+@pytest.mark.slow
+def test_personalize_with_the_fsdp_config_matches_one_process_and_resumes_under_ddp(chat_tokenizer, tmp_path):
+    """The product route: `personalize --engine accelerate --accelerate-config configs/accelerate/fsdp.yaml`
+    gives the one-process run; its checkpoint (the local engine's layout) resumes under DDP."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from conftest import make_tiny_llama
+
+    make_tiny_llama(chat_tokenizer, seed=3).save_pretrained(tmp_path / "tiny")
+    chat_tokenizer.save_pretrained(tmp_path / "tiny")
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump({
+        "name": "Zed Toy", "task": "write notes", "constraints": {"sign_off": "Cheers,\nZed"},
+        "demonstrations": [{"prompt": f"Greet {n}.", "output": f"Hi {n}, good to see you.\n\nCheers,\nZed"}
+                           for n in ("Al", "Bo", "Cy", "Di", "Ed")], "eval_prompts": ["Greet Gus."]}))
+    # batch 5 over 2 processes: shards of 3 and 2
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump({
+        "model": {"model": str(tmp_path / "tiny"), "dtype": "fp32", "device": "cpu"},
+        "method_config": {"max_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 3, "batch_size": 5, "lr": 1e-2,
+                          "synthetic": {"n_keep": 0}, "lora": {"r": 4, "dropout": 0.0}}}))
+
+    def personalize(*args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+               "OMP_WAIT_POLICY": "PASSIVE"}
+        env.pop("PERSONALIGN_LAUNCHED", None)
+        result = subprocess.run([sys.executable, "-m", "personalign.cli.main", "personalize", *args],
+                                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def losses(run: str) -> list[float]:
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r.get("phase") == "sft"]
+
+    base = ["--profile", "toy.yaml", "--method", "sft", "--config", "sft.yaml"]
+    personalize(*base, "--out", "one")
+    personalize(*base, "--out", "fsdp", "--engine", "accelerate", "--accelerate-config", str(FSDP_CONFIG),
+                "--num-processes", "2")
+    # tolerance as in the engine test above
+    assert losses("fsdp") == pytest.approx(losses("one"), rel=1e-5)
+    a, b = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("fsdp", "one"))
+    largest = max(float(v.abs().max()) for v in b.values())
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4 * largest
+    # A crash after the step-2 checkpoint, resumed on 2 DDP processes.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "fsdp", crashed)
+    shutil.rmtree(crashed / "checkpoints" / "step-000004")
+    shutil.rmtree(crashed / "adapter")
+    for name in ("method.json", "training_data.json"):
+        (crashed / name).unlink()
+    rows = (crashed / "metrics.jsonl").read_text().splitlines()
+    (crashed / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 99) <= 2))
+    personalize("--out", "crashed", "--resume", "--engine", "accelerate", "--accelerate-config",
+                str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num-processes", "2")
+    assert losses("crashed") == pytest.approx(losses("fsdp"), rel=1e-5)
+    c = load_file(crashed / "adapter" / "adapter_model.safetensors")
+    assert max(float((c[k] - a[k]).abs().max()) for k in a) <= 1e-4 * largest
