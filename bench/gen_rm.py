@@ -28,6 +28,14 @@ from personalign.runs import RunDir, package_versions
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def phase(name: str, timings: dict[str, float]) -> None:
+    """One progress line per phase with the peak RSS so far (the run is long; a killed run says where)."""
+    import resource
+
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"[gen_rm bench] {name}; peak RSS {peak_gib:.1f} GiB; {timings}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/gen_rm.json")
@@ -62,6 +70,7 @@ def main() -> None:
         pairs, report = build_preferences(profile, backend.config, preference, RunDir(Path(tmp) / "pairs"),
                                           backend=backend)
         timings["preferences_s"] = time.perf_counter() - start
+        phase(f"{len(pairs)} pairs built", timings)
         train, held = split_pairs(pairs, args.heldout_fraction, args.seed)
 
         def agreement(judge) -> dict:  # type: ignore[no-untyped-def]
@@ -73,6 +82,7 @@ def main() -> None:
         llm = LLMJudge(backend, max_new_tokens=args.judge_max_new_tokens)
         results["llm (prompted, same model)"] = agreement(llm)
         timings["llm_judge_s"] = time.perf_counter() - start
+        phase("rules and llm judges validated", timings)
 
         config = RewardModelConfig(kind="gen-rm", backbone=args.model, epochs=args.epochs,
                                    heldout_fraction=args.heldout_fraction, eval_every=10_000, save_every=10_000,
@@ -81,6 +91,7 @@ def main() -> None:
         _, gen_summary = train_generative_judge(pairs, config, RunDir(Path(tmp) / "gen-rm"),
                                                     rubric=profile_rubric(profile), progress=False)
         timings["gen_rm_train_s"] = time.perf_counter() - start
+        phase("gen-rm trained", timings)
         results["gen-rm untrained (same model)"] = {
             "accuracy": gen_summary["heldout_accuracy_before"],
             "position_bias_rate": gen_summary["heldout_position_bias_before"],

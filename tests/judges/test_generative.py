@@ -125,6 +125,37 @@ def test_the_label_loss_equals_cross_entropy_on_one_token(tiny_backend):
     assert _label_nll is label_loss(engine).fn
 
 
+def test_micro_batches_accumulate_to_the_one_pass_step(chat_tokenizer):
+    """A batch of 6 sequences in micro-batches of 4 + 2: the same loss, metrics and
+    updated weights as one pass (a micro-batch loss divided by its own size instead of the batch's would
+    weight the 2-sequence chunk double and fail here)."""
+    from personalign.backends.hf import HFBackend
+    from personalign.config import ModelConfig
+    from personalign.engines.local import LocalEngine
+    from personalign.judges.generative import train_step
+    from personalign.methods.training import TrainConfig, TrainingSession
+
+    renderer = ComparisonRenderer(chat_tokenizer)
+    batch = [d for p in toy_pairs(1)[:3] for d in renderer.training_datums(p, RUBRIC)]
+    results = []
+    for micro in (len(batch), 4):
+        torch.manual_seed(0)
+        backend = HFBackend(ModelConfig(device="cpu", dtype="fp32"), model=make_tiny_llama(chat_tokenizer, seed=5),
+                            tokenizer=chat_tokenizer)
+        engine = LocalEngine(backend, LoraSettings(enabled=False))
+        session = TrainingSession(engine, TrainConfig(lr=1e-2, max_steps=1), None)
+        out = train_step(session, batch, label_loss(engine), micro)
+        weights = torch.cat([p.detach().flatten() for p in engine.params])
+        results.append((out, weights))
+    (whole, w_whole), (micro, w_micro) = results
+    assert len(batch) == 6 and micro.loss == pytest.approx(whole.loss, abs=1e-6)
+    assert micro.metrics["label_accuracy"] == pytest.approx(whole.metrics["label_accuracy"])
+    assert micro.metrics["grad_norm"] == pytest.approx(whole.metrics["grad_norm"], rel=1e-5)
+    assert torch.allclose(w_micro, w_whole, atol=1e-6)
+    assert not torch.allclose(w_whole, torch.cat([p.detach().flatten() for p in
+                                                  make_tiny_llama(chat_tokenizer, seed=5).parameters()]))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, chat_tokenizer):
     """A tiny llama trained as gen-rm on the toy rule (full fine-tuning: LoRA on a random 32-wide model is slow

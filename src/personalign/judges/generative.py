@@ -23,6 +23,7 @@ RUN_DIR/heldout_pairs.jsonl` reproduces the held-out agreement the run reports.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -37,6 +38,7 @@ from personalign.engines.base import (
     CrossEntropy,
     CustomLoss,
     Datum,
+    ForwardBackwardOutput,
     LoraSettings,
     Loss,
     SamplingClient,
@@ -54,6 +56,7 @@ from personalign.splits import TrainingData, write_training_data
 
 if TYPE_CHECKING:
     from personalign.judges.reward_model import RewardModelConfig
+    from personalign.methods.training import TrainingSession
 
 GEN_RM_FILE = "gen_rm.json"
 HELDOUT_FILE = "heldout_pairs.jsonl"
@@ -253,10 +256,14 @@ class GenerativeJudge(Judge):
 
 
 # ---- training ---------------------------------------------------------------------------------------
-def _label_nll(data: Sequence[Datum], logprobs: TokenLogprobs) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean −log p(label token): `CrossEntropy`'s value and gradient on one-token completions."""
+def _label_nll(data: Sequence[Datum], logprobs: TokenLogprobs,
+               batch_sequences: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean −log p(label token): `CrossEntropy`'s value and gradient on one-token completions. With
+    `batch_sequences` (a micro-batch of a larger batch) the sum is divided by the whole batch's size, so the
+    micro-batches' losses and gradients add up to the batch mean."""
     nll = -logprobs.sums()
-    return nll.mean(), {"label_accuracy": float((nll < math.log(2)).float().mean())}
+    total = batch_sequences or len(nll)
+    return nll.sum() / total, {"label_accuracy": float((nll < math.log(2)).float().sum()) / total}
 
 
 def label_loss(engine: TrainingEngine) -> Loss:
@@ -267,6 +274,18 @@ def label_loss(engine: TrainingEngine) -> Loss:
     from personalign.engines.local import LocalEngine
 
     return CustomLoss(_label_nll, name="label_nll") if isinstance(engine, LocalEngine) else CrossEntropy()
+
+
+def train_step(session: TrainingSession, batch: Sequence[Datum], loss: Loss,
+               micro_batch_size: int) -> ForwardBackwardOutput:
+    """One optimizer step on `batch`. The in-process label loss runs in micro-batches of `micro_batch_size`
+    sequences whose gradients accumulate (a batch of comparisons in one pass does not fit in memory); a remote
+    engine's built-in loss takes the batch in one call (the service batches it)."""
+    if not isinstance(loss, CustomLoss) or len(batch) <= micro_batch_size:
+        return session.update(batch, loss)
+    share = CustomLoss(functools.partial(_label_nll, batch_sequences=len(batch)), name=loss.name)
+    return session.update_accumulated([(batch[i : i + micro_batch_size], share)
+                                       for i in range(0, len(batch), micro_batch_size)])
 
 
 def check_config(config: RewardModelConfig) -> None:
@@ -361,7 +380,7 @@ def train_generative_judge(
         while session.step < steps:
             batch = [d for i in batch_indices(len(examples), config.batch_size, session.step, config.seed)
                      for d in examples[i]]
-            out = session.update(batch, loss)
+            out = train_step(session, batch, loss, config.micro_batch_size)
             record: dict[str, Any] = {"loss": out.loss, **out.metrics}
             if heldout and (session.step % config.eval_every == 0 or session.step == steps):
                 result = agreement()

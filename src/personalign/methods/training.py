@@ -173,6 +173,25 @@ class TrainingSession:
         self.step += 1
         return out
 
+    def update_accumulated(self, chunks: Sequence[tuple[Sequence[Datum], Loss]]) -> ForwardBackwardOutput:
+        """One optimizer step on the gradient summed over several `forward_backward` calls (gradient
+        accumulation, for batches whose activations do not fit in one pass). Each chunk's loss must already
+        carry its share of the batch (e.g. a sum over the chunk divided by the batch size), so that the
+        chunk losses add up to the batch loss; the returned loss and metrics are those sums."""
+        cfg = self.config
+        futures = [self.engine.forward_backward(data, loss) for data, loss in chunks]
+        step = self.engine.optim_step(AdamParams(learning_rate=self.lr_at(self.step), weight_decay=cfg.weight_decay,
+                                                 grad_clip_norm=cfg.grad_clip))
+        outs = [f.result() for f in futures]
+        metrics: dict[str, float] = {}
+        for out in outs:
+            for key, value in out.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + value
+        metrics.update(step.result())
+        self.step += 1
+        return ForwardBackwardOutput(loss=sum(o.loss for o in outs), metrics=metrics,
+                                     logprob_sums=[v for o in outs for v in o.logprob_sums])
+
     def save(self, extra: dict[str, Any] | None = None) -> Path | None:
         """Write a checkpoint for the current step (atomic folder rename) and prune old ones."""
         if self.root is None:
