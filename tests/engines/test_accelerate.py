@@ -145,6 +145,17 @@ def test_fsdp2_on_two_gloo_processes_matches_one_process(default_model_dir, chat
     assert saved.keys() == load_file(base_dir / "adapter" / "adapter_model.safetensors").keys()
 
 
+def test_full_fine_tuning_under_fsdp_stops_with_one_line(tiny_backend, monkeypatch):
+    from personalign.engines.accelerate import AccelerateEngine
+    from personalign.engines.base import LoraSettings
+    from personalign.errors import PersonalignError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
+    with pytest.raises(PersonalignError, match=r"^lora\.enabled: false \(full fine-tuning\) is not supported under "
+                                               r"FSDP yet; .* use configs/accelerate/ddp\.yaml$"):
+        AccelerateEngine(tiny_backend, LoraSettings(enabled=False))
+
+
 def _free_port() -> int:
     from personalign.engines.launch import free_port
 

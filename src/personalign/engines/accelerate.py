@@ -79,6 +79,10 @@ class AccelerateEngine(LocalEngine):
         super().__init__(backend, lora, init_adapter, logprob_batch_size)
         from personalign.engines.launch import check_distributed_type, check_fsdp_version
 
+        if _fsdp_wanted() and not hasattr(self.model, "peft_config"):
+            # Seen here: rank 0's save_pretrained of a sharded whole model waits forever on the other processes.
+            raise PersonalignError("lora.enabled: false (full fine-tuning) is not supported under FSDP yet; train a "
+                                   "LoRA adapter (lora.enabled: true), or use configs/accelerate/ddp.yaml")
         self.accelerator = Accelerator(cpu=backend.device.type == "cpu")
         _fsdp_on_cpu(self.accelerator)
         check_distributed_type(self.accelerator.distributed_type, "engine accelerate")
@@ -91,7 +95,7 @@ class AccelerateEngine(LocalEngine):
             # The transformers model (LoRA layers inside) becomes the sharded root, in place: peft's forward and
             # its generate both call it, so the root's hooks gather the weights for either (a PeftModel root is
             # bypassed by generate). The optimizer now holds the shards.
-            root = self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
+            root = self.model.get_base_model()
             _, self.optimizer = self.accelerator.prepare(root, self.optimizer)
             self.ddp = self.model
             self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -317,24 +321,18 @@ class AccelerateEngine(LocalEngine):
         return saved
 
     def _save_sharded_weights(self, folder: Path) -> dict[str, Any]:
-        """The local engine's adapter (or model) folder from the gathered weights, written by rank 0 alone:
-        LoRA gathers only the adapter's tensors; full fine-tuning the whole model (accelerate's get_state_dict)."""
+        """The local engine's adapter folder from the gathered adapter tensors, written by rank 0 alone."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        lora = hasattr(self.model, "peft_config")
-        state = self._trainable(get_model_state_dict(self.model, options=_full_options())) if lora else \
-            self.accelerator.get_state_dict(self.model)
-        target = folder / ("adapter" if lora else "model")
+        state = self._trainable(get_model_state_dict(self.model, options=_full_options()))
         if self.is_main:
             from personalign.io import atomic_dir
 
-            with atomic_dir(target) as tmp:
+            with atomic_dir(folder / "adapter") as tmp:
                 self.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-                if not lora:
-                    self.backend.tokenizer.save_pretrained(tmp)
         self.model.eval()
         self.sync()
-        return {"adapter": "adapter"} if lora else {"model": str(target.resolve())}
+        return {"adapter": "adapter"}
 
 
 def _full_options(strict: bool = True) -> Any:
@@ -358,6 +356,11 @@ def _by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
             "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
 
 
+def _fsdp_wanted() -> bool:
+    """accelerate's own switch, which `accelerate launch` sets from an FSDP config (on GPUs and CPUs alike)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def _fsdp_on_cpu(accelerator: Any) -> None:
     """Turn on FSDP where accelerate itself does not: on CPU processes (gloo), where it leaves an FSDP config
     as plain multi-CPU data parallelism. `accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP and the
@@ -365,8 +368,7 @@ def _fsdp_on_cpu(accelerator: Any) -> None:
     `clip_grad_norm_`, `get_state_dict`), exactly as on GPUs."""
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    wanted = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if not wanted or accelerator.distributed_type != DistributedType.MULTI_CPU:
+    if not _fsdp_wanted() or accelerator.distributed_type != DistributedType.MULTI_CPU:
         return
     plugin = FullyShardedDataParallelPlugin()
     accelerator.state.distributed_type = DistributedType.FSDP
