@@ -63,9 +63,9 @@ class RewardModelConfig(Config):
     epochs: float = Field(1.0, gt=0, description="(gen-rm default: 4)")
     max_steps: int = Field(-1, description="stop after this many optimizer steps; -1 = run all epochs")
     batch_size: int = Field(8, ge=1, description="pairs per step (gen-rm: each pair in both orders)")
-    micro_batch_size: int = Field(4, ge=1, description="gen-rm: sequences per forward/backward pass; their "
-                                  "gradients add up to one optimizer step per batch (memory: 16 comparisons "
-                                  "of ~1,000 tokens in one pass held ~12 GB of activations on CPU)")
+    micro_batch_size: int = Field(2, ge=1, description="gen-rm: sequences per forward/backward pass; their "
+                                  "gradients add up to one optimizer step per batch (memory on CPU with the "
+                                  "default model: 16 comparisons per pass held 12 GB of activations, 4 held 6 GB)")
     max_length: int = Field(384, ge=16, description="tokens per (prompt, response); longer inputs are cut "
                                                     "(gen-rm: per comparison, default 2048)")
     max_chars: int = Field(1500, ge=50, description="gen-rm: characters kept of the prompt and of each response")
