@@ -13,6 +13,7 @@ import pytest
 
 from personalign.config import ModelConfig, SamplingConfig, TinkerSettings
 from personalign.engines.base import Datum, LoraSettings
+from personalign.settings import cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("PERSONALIGN_TINKER_VENV", REPO / ".venv-tinker"))
@@ -23,7 +24,9 @@ pytestmark = [
                        reason=f"no skyrl-tx venv at {VENV} (build it with `make tinker-venv`)"),
 ]
 SIGNATURE = "Cheers,\nZed"
-TARGET = f"Thanks, that works for me.\n\n{SIGNATURE}"
+BODY = "Thanks, that works for me."
+TARGET = f"{BODY}\n\n{SIGNATURE}"
+OTHER_SIGN_OFF = "Best regards,\nthe team"
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,9 @@ def tinker_server(tmp_path_factory):
     pytest.importorskip("tinker")
     # One adapter slot per training client of this module (slot 0 is the base model's): SFT, DPO, the CLI run.
     config = {**BACKEND_CONFIG, "max_lora_adapters": 4}
+    # JAX's compile cache lives with personalign's other caches ($PERSONALIGN_CACHE), never in the checkout.
     server = LocalTinkerServer(VENV, VENV / "model", tmp_path_factory.mktemp("tinker-server"), backend_config=config,
-                               compile_cache=Path.home() / ".cache" / "personalign" / "jax-tinker")
+                               compile_cache=cache_dir() / "jax-tinker")
     key = os.environ.get("TINKER_API_KEY")
     os.environ["TINKER_API_KEY"] = "tml-local-test"  # skyrl-tx accepts any key of the SDK's form
     try:
@@ -101,23 +105,32 @@ def test_sft_lowers_the_loss_and_samples_the_target_from_saved_weights(tinker_se
 
 def test_dpo_custom_loss_raises_the_signatures_logprob(tinker_server):
     from personalign.engines import build_engine
+    from personalign.methods.dpo import DPOConfig
     from personalign.methods.training import TrainConfig, TrainingSession, datums, dpo_custom_loss, sequence_sums
 
     backend = _backend(tinker_server)
     engine = build_engine("tinker", backend, LoraSettings(r=8), None)
-    # Only the sign-off differs, so the chosen completion's log-prob is the signature's.
-    chosen = [_pair(backend, SIGNATURE)]
-    rejected = [_pair(backend, "Best regards, the team")]
-    ref_c, ref_r = sequence_sums(engine, chosen), sequence_sums(engine, rejected)
-    session = TrainingSession(engine, TrainConfig(lr=2e-4, max_steps=3), None)
-    outs = [session.update(datums(chosen + rejected), dpo_custom_loss(ref_c, ref_r, beta=0.1)) for _ in range(3)]
-    assert outs[0].loss == pytest.approx(0.6931, abs=1e-3)  # π = π_ref at step 0: −log σ(0)
-    assert outs[-1].loss < outs[0].loss
-    assert outs[-1].metrics["reward_margin"] > 0
-    # The signature's log-prob gains on the rejected sign-off's. Its absolute log-prob fell on skyrl-tx (-30.4 →
-    # -47.7 at lr 2e-4, with its fixed alpha 32 on attention and MLP): DPO's likelihood displacement.
-    after_c, after_r = float(sequence_sums(engine, chosen)[0]), float(sequence_sums(engine, rejected)[0])
-    assert after_c - after_r > float(ref_c[0] - ref_r[0])
+    # The same reply, signed two ways: the two completions share every token up to the sign-off, whose log-probs
+    # cancel in DPO's margin, so what DPO learns is the signature given the body; that conditional log-prob is
+    # the one measured (the whole reply's would mix in the body, which DPO does not target).
+    chosen, rejected = _pair(backend, TARGET), _pair(backend, f"{BODY}\n\n{OTHER_SIGN_OFF}")
+    shared = next(i for i, (a, b) in enumerate(zip(chosen[1], rejected[1], strict=False)) if a != b)
+    assert shared > 5  # the body really is shared
+    signature = (chosen[0] + chosen[1][:shared], chosen[1][shared:])
+    ref_c, ref_r, ref_sig = sequence_sums(engine, [chosen, rejected, signature])
+    lr = DPOConfig().lr  # the dpo method's default
+    session = TrainingSession(engine, TrainConfig(lr=lr, max_steps=3), None)
+    outs = [session.update(datums([chosen, rejected]), dpo_custom_loss(ref_c[None], ref_r[None], beta=0.1))
+            for _ in range(3)]
+    after_c, after_r, after_sig = sequence_sums(engine, [chosen, rejected, signature]).tolist()
+    numbers = (f"losses {[round(o.loss, 4) for o in outs]}, signature | body {float(ref_sig):.2f} -> {after_sig:.2f}, "
+               f"chosen {float(ref_c):.2f} -> {after_c:.2f}, rejected {float(ref_r):.2f} -> {after_r:.2f}")
+    print(numbers)
+    assert outs[0].loss == pytest.approx(0.6931, abs=1e-3), numbers  # π = π_ref at step 0: −log σ(0)
+    assert outs[-1].loss < outs[0].loss, numbers
+    assert outs[-1].metrics["reward_margin"] > 0, numbers
+    assert after_c - after_r > float(ref_c - ref_r), numbers
+    assert after_sig > float(ref_sig), numbers
 
 
 def test_personalize_engine_tinker_then_generate_and_export_the_run(tinker_server, tmp_path):

@@ -70,7 +70,8 @@ def test_vllm_serves_our_adapters_and_scores_like_hf(chat_tokenizer, tmp_path):
     port = free_port()
     config = vllm_config(tiny_model_dir, [str(signature_runs["zed"]), str(signature_runs["ann"])], port=port,
                          vllm_args=["--max-model-len", "512", "--gpu-memory-utilization", "0.08"])
-    process = vllm.launch(config, ready_timeout=300)
+    # Its start-up takes minutes on a loaded CPU (imports, engine core, worker): 5.5 min here at load 7-8.
+    process = vllm.launch(config, ready_timeout=900)
     try:
         url = f"http://127.0.0.1:{port}/v1"
         client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
