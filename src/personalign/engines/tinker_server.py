@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from types import TracebackType
 
 from personalign.errors import PersonalignError
 from personalign.io import atomic_dir
+from personalign.processes import start_group, stop_group
 
 # Defaults for a 2-core, 24 GB machine: skyrl-tx's own defaults (many adapters, long sampling batches) were
 # OOM-killed at 23.6 GB; these keep the server near 4 GB RSS with the default 135M model.
@@ -132,8 +132,8 @@ class LocalTinkerServer:
             env["JAX_COMPILATION_CACHE_DIR"] = str(self.compile_cache)
         with open(self.log_path, "ab") as log:
             # Own process group: the engine child is stopped with the server, by the group's id.
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            cwd=self.workdir, start_new_session=True, preexec_fn=_die_with_parent)
+            self.process = start_group(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       cwd=self.workdir)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -151,19 +151,7 @@ class LocalTinkerServer:
         """SIGTERM to the server's process group (server and engine), SIGKILL after `timeout_s`."""
         if self.process is None:
             return
-        pgid = self.process.pid  # start_new_session: the group's id is the server's pid
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pgid):
-                self.process.poll()
-                time.sleep(0.2)
-            if not _group_alive(pgid):
-                break
-        self.process.wait(timeout=5)
+        stop_group(self.process, timeout_s)
         self.process = None
 
     def __enter__(self) -> LocalTinkerServer:
@@ -172,30 +160,6 @@ class LocalTinkerServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-def _die_with_parent() -> None:
-    """In the server's process (Linux): SIGTERM it when the process that started it dies, even by SIGKILL or a
-    test-runner timeout, so no server outlives its owner (on SIGTERM it stops its engine child itself)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie leader still counts; what matters is whether any member runs.
-    try:
-        out = subprocess.run(["ps", "-o", "stat=", "-s", str(pgid)], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return True
-    return any(s and not s.startswith("Z") for s in out.split())
 
 
 def main(argv: list[str]) -> None:

@@ -213,6 +213,7 @@ def start_server(python: str, base_model: str, max_lora_rank: int, settings: VLL
     import sys
 
     from personalign.engines.launch import free_port
+    from personalign.processes import start_group
     from personalign.serve.vllm import stop, wait_ready
 
     if not Path(python).is_file():
@@ -224,7 +225,7 @@ def start_server(python: str, base_model: str, max_lora_rank: int, settings: VLL
                *(["--max-model-len", str(settings.max_model_len)]
                                            if settings.max_model_len else []), *settings.extra_args]
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    process = subprocess.Popen(command, env=env, stdout=sys.stderr, stderr=sys.stderr)
+    process = start_group(command, env=env, stdout=sys.stderr, stderr=sys.stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, settings.ready_timeout_s)

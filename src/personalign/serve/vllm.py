@@ -23,6 +23,7 @@ from pathlib import Path
 from personalign.errors import PersonalignError
 from personalign.methods.base import read_manifest
 from personalign.methods.spec import parse_spec
+from personalign.processes import start_group, stop_group
 from personalign.serve.config import ServeConfig
 from personalign.serve.server import base_model_id, check_bind
 
@@ -100,7 +101,7 @@ def launch(config: ServeConfig, ready_timeout: float = 600.0) -> subprocess.Pope
     if config.adapter_root:
         raise PersonalignError("--adapter-root needs the hf engine: vLLM would load adapters from any path")
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "0"}
-    process = subprocess.Popen(command, env=env, stdout=sys.stderr, stderr=sys.stderr)
+    process = start_group(command, env=env, stdout=sys.stderr, stderr=sys.stderr)
     try:
         wait_ready(f"http://{config.host}:{config.port}", process, ready_timeout)
     except BaseException:
@@ -110,14 +111,9 @@ def launch(config: ServeConfig, ready_timeout: float = 600.0) -> subprocess.Pope
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM (vLLM finishes in-flight requests), then SIGKILL after `timeout`."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """SIGTERM to vLLM's process group (it finishes in-flight requests, then stops its engine core and
+    workers), SIGKILL to what is left after `timeout`: a server stopped mid-start-up left its engine core behind."""
+    stop_group(process, timeout)
 
 
 def serve_vllm(config: ServeConfig) -> None:
