@@ -1,7 +1,8 @@
 """The tinker engine against a real Tinker-API server (skyrl-tx on CPU, `make tinker-venv`), on the default model:
-SFT through the method's loop (loss falls, the target's log-prob rises, greedy samples from the saved weights
-reproduce it, the adapter downloads), DPO through its custom loss (loss falls, the signature's log-prob rises),
-and `personalize --engine tinker` + `generate --run` through the CLI. Minutes: the server compiles each shape."""
+SFT through the method's loop (loss falls, the target's and the signature's log-probs rise, greedy samples from
+the saved weights reproduce it, the adapter downloads), DPO through its custom loss (loss falls, the signature
+gains on another sign-off of the same body; its own log-prob falls: see the test), and `personalize --engine
+tinker` + `generate --run` through the CLI. Minutes: the server compiles each shape."""
 
 from __future__ import annotations
 
@@ -60,11 +61,31 @@ def _backend(server, adapter: str | None = None):
                                      tinker=TinkerSettings(base_url=server.base_url)))
 
 
-def _pair(backend, completion: str):
+def _pair(backend, completion: str, ended: bool = True):
     from personalign.engines.render import ChatRenderer
 
     return ChatRenderer(backend.tokenizer).prompt_completion_ids([{"role": "user", "content": "Can we meet at 3?"}],
-                                                                  completion)
+                                                                  completion, ended)
+
+
+def _sign_off_slices(backend) -> tuple[slice, slice, slice]:
+    """Where the sign-offs lie in the completions of TARGET and of BODY signed OTHER_SIGN_OFF (ended, counted
+    from the end: rows of per-token log-probs are right-aligned): (the signature's text, TARGET's part after the
+    shared body, the other's part after it; both parts with their end-of-turn tokens). Read from per-token
+    log-probs, they give log-probs given the prompt and the body at no extra forward (nor a new shape for the
+    server to compile)."""
+    text, other = _pair(backend, TARGET, ended=False)[1], _pair(backend, f"{BODY}\n\n{OTHER_SIGN_OFF}", False)[1]
+    ended, other_ended = _pair(backend, TARGET)[1], _pair(backend, f"{BODY}\n\n{OTHER_SIGN_OFF}")[1]
+    assert ended[: len(text)] == text  # the template only appends its end-of-turn tokens
+    shared = next(i for i, (a, b) in enumerate(zip(text, other, strict=False)) if a != b)
+    assert shared > 5 and backend.tokenizer.decode(text[shared:]) == SIGNATURE
+    return (slice(shared - len(ended), len(text) - len(ended)), slice(shared - len(ended), None),
+            slice(shared - len(other_ended), None))
+
+
+def _logprob_of(logprobs, row: int, part: slice) -> float:
+    """Sum of one datum's per-token log-probs over `part` (counted from the end: rows are right-aligned)."""
+    return float(logprobs.values[row, part].sum())
 
 
 def test_client_tokenizer_renders_what_the_local_model_renders(tinker_server, chat_tokenizer):
@@ -81,15 +102,18 @@ def test_sft_lowers_the_loss_and_samples_the_target_from_saved_weights(tinker_se
 
     backend = _backend(tinker_server)
     engine = build_engine("tinker", backend, LoraSettings(r=8), None)
-    pair = _pair(backend, TARGET)
-    before = float(engine.compute_logprobs([Datum(*pair)]).result().sums()[0])
+    pair, signature = _pair(backend, TARGET), _sign_off_slices(backend)[0]
+    before_lp = engine.compute_logprobs([Datum(*pair)]).result()
+    before, before_sig = float(before_lp.sums()[0]), _logprob_of(before_lp, 0, signature)
     losses: list[float] = []
     stats = run_sft(engine, [pair], SFTConfig(max_steps=6, batch_size=1, lr=1e-3, checkpoint_every=3),
                     tmp_path, log=lambda row, step: losses.append(row["loss"]), progress=False)
-    after = float(engine.compute_logprobs([Datum(*pair)]).result().sums()[0])
+    after_lp = engine.compute_logprobs([Datum(*pair)]).result()
+    after, after_sig = float(after_lp.sums()[0]), _logprob_of(after_lp, 0, signature)
     assert stats["steps"] == 6 and len(losses) == 6
     assert losses[-1] < 0.5 * losses[0]
     assert after > before + 1.0
+    assert after_sig > before_sig + 1.0  # SFT raises the signature's log-prob given the body
     # The checkpoint the loop wrote holds a tinker:// training state.
     state = json.loads(next(tmp_path.glob("checkpoints/step-*/tinker.json")).read_text())
     assert state["state"].startswith("tinker://")
@@ -103,34 +127,39 @@ def test_sft_lowers_the_loss_and_samples_the_target_from_saved_weights(tinker_se
                                                              greedy) == [[TARGET]]
 
 
-def test_dpo_custom_loss_raises_the_signatures_logprob(tinker_server):
+def test_dpo_custom_loss_raises_the_signature_over_another_sign_off(tinker_server):
     from personalign.engines import build_engine
     from personalign.methods.dpo import DPOConfig
-    from personalign.methods.training import TrainConfig, TrainingSession, datums, dpo_custom_loss, sequence_sums
+    from personalign.methods.training import TrainConfig, TrainingSession, datums, dpo_custom_loss
 
     backend = _backend(tinker_server)
     engine = build_engine("tinker", backend, LoraSettings(r=8), None)
-    # The same reply, signed two ways: the two completions share every token up to the sign-off, whose log-probs
-    # cancel in DPO's margin, so what DPO learns is the signature given the body; that conditional log-prob is
-    # the one measured (the whole reply's would mix in the body, which DPO does not target).
-    chosen, rejected = _pair(backend, TARGET), _pair(backend, f"{BODY}\n\n{OTHER_SIGN_OFF}")
-    shared = next(i for i, (a, b) in enumerate(zip(chosen[1], rejected[1], strict=False)) if a != b)
-    assert shared > 5  # the body really is shared
-    signature = (chosen[0] + chosen[1][:shared], chosen[1][shared:])
-    ref_c, ref_r, ref_sig = sequence_sums(engine, [chosen, rejected, signature])
-    lr = DPOConfig().lr  # the dpo method's default
+    # The same reply signed two ways: every token up to the sign-off is shared, and their log-probs cancel in
+    # DPO's margin, so what DPO is given to learn is the signature over the other sign-off, given the body.
+    pairs = [_pair(backend, TARGET), _pair(backend, f"{BODY}\n\n{OTHER_SIGN_OFF}")]
+    signature, chosen_end, rejected_end = _sign_off_slices(backend)
+    before = engine.compute_logprobs(datums(pairs)).result()
+    ref = before.sums()
+    lr = DPOConfig().lr  # the dpo method's default, 5e-5
     session = TrainingSession(engine, TrainConfig(lr=lr, max_steps=3), None)
-    outs = [session.update(datums([chosen, rejected]), dpo_custom_loss(ref_c[None], ref_r[None], beta=0.1))
-            for _ in range(3)]
-    after_c, after_r, after_sig = sequence_sums(engine, [chosen, rejected, signature]).tolist()
-    numbers = (f"losses {[round(o.loss, 4) for o in outs]}, signature | body {float(ref_sig):.2f} -> {after_sig:.2f}, "
-               f"chosen {float(ref_c):.2f} -> {after_c:.2f}, rejected {float(ref_r):.2f} -> {after_r:.2f}")
-    print(numbers)
+    outs = [session.update(datums(pairs), dpo_custom_loss(ref[:1], ref[1:], beta=0.1)) for _ in range(3)]
+    after = engine.compute_logprobs(datums(pairs)).result()
+    sig = (_logprob_of(before, 0, signature), _logprob_of(after, 0, signature))
+    margin = [_logprob_of(lp, 0, chosen_end) - _logprob_of(lp, 1, rejected_end) for lp in (before, after)]
+    numbers = f"losses {[round(o.loss, 4) for o in outs]}, signature | body {sig[0]:.2f} -> {sig[1]:.2f}, " \
+              f"signed minus signed otherwise | body {margin[0]:.2f} -> {margin[1]:.2f}"
     assert outs[0].loss == pytest.approx(0.6931, abs=1e-3), numbers  # π = π_ref at step 0: −log σ(0)
-    assert outs[-1].loss < outs[0].loss, numbers
-    assert outs[-1].metrics["reward_margin"] > 0, numbers
-    assert after_c - after_r > float(ref_c - ref_r), numbers
-    assert after_sig > float(ref_sig), numbers
+    assert outs[-1].loss < outs[0].loss and outs[-1].metrics["reward_margin"] > 0, numbers
+    # The shared body cancels: the sign-offs' margin given the body is the whole completions' margin.
+    assert margin[0] == pytest.approx(float(ref[0] - ref[1]), abs=1e-3), numbers
+    assert margin[1] > margin[0] + 1.0, numbers
+    # The signature's own log-prob given the body FELL at every setting tried on skyrl-tx (its LoRA: alpha 32 at
+    # rank 8), measured with this test's code: lr 5e-5, 3 steps: -20.90 -> -22.43 (the other sign-off with its
+    # end-of-turn -22.55 -> -29.12, the shared body -29.14 -> -37.17); 6 steps, rejected "Sent from my phone":
+    # -20.90 -> -24.06; lr 1e-5, 1 step: -20.90 -> -21.00 (chosen -50.72 -> -51.34, rejected -51.69 -> -52.62).
+    # DPO's likelihood displacement (Razin et al. 2024, arXiv:2410.08847): the loss only orders the two, and
+    # pushing the other sign-off down pulls the shared tokens' and the signature's down with it from the first
+    # step. SFT (above) is what raises the signature itself; DPO raises it over the alternative, no more.
 
 
 def test_personalize_engine_tinker_then_generate_and_export_the_run(tinker_server, tmp_path):
