@@ -41,7 +41,8 @@ def load_accelerate_config(path: str | Path) -> Any:
 
 # accelerate distributed types the engine trains under: DDP (every process holds the whole model) and FSDP2
 # (parameters, gradients and optimizer state sharded; tested on CPU processes over gloo). DeepSpeed would need its
-# engine to own the optimizer step and the saving (`accelerator.prepare` returns a DeepSpeedEngine): not done.
+# engine to own the optimizer step and the saving (`accelerator.prepare` returns a DeepSpeedEngine): not done, and
+# not testable here (deepspeed 0.19.8 installs beside torch 2.13 CPU, but a 2-process gloo step never finished).
 SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP")
 
 
@@ -49,9 +50,9 @@ def check_distributed_type(distributed_type: Any, where: str) -> None:
     """One line when accelerate would run the engine in a way it does not train under (DeepSpeed, ...)."""
     name = getattr(distributed_type, "value", str(distributed_type))
     if name == "DEEPSPEED":
-        raise PersonalignError(f"{where}: DeepSpeed is not supported by the accelerate engine (untested: DeepSpeed "
-                               "does not run on this project's CPU test machines); for sharded optimizer state and "
-                               "gradients use configs/accelerate/fsdp.yaml (FSDP2), else configs/accelerate/ddp.yaml")
+        raise PersonalignError(f"{where}: DeepSpeed is not supported by the accelerate engine; for sharded optimizer "
+                               "state and gradients use configs/accelerate/fsdp.yaml (FSDP2), else "
+                               "configs/accelerate/ddp.yaml")
     if name not in SUPPORTED_TYPES:
         raise PersonalignError(f"{where}: distributed_type {name} is not supported by the accelerate engine; use "
                                "configs/accelerate/ddp.yaml (DDP) or configs/accelerate/fsdp.yaml (FSDP2)")
