@@ -342,15 +342,15 @@ def demonstration_words(profile: Profile) -> float | None:
     return float(np.median(counts)) if counts else None
 
 
-def _choose(samples: Sequence[str], profile: Profile, config: SyntheticConfig) -> tuple[str | None, list[str],
-                                                                                          list[str]]:
+def _choose(samples: Sequence[str], profile: Profile, config: SyntheticConfig,
+            target: float | None) -> tuple[str | None, list[str], list[str]]:
     """Best of n: (chosen text or None, its repairs, failing checks of the best rejected sample).
 
     Among the samples that pass every check, one that needed no repair wins, and then the one whose length is
-    closest to the demonstrations' median. Taking the first passing sample instead kept rows near the length
-    check's lower bound, and SFT on them wrote emails too short for it (BENCHMARKS.md, full CPU settings).
+    closest to `target` (the demonstrations' median, `demonstration_words`). Taking the first passing sample
+    instead kept rows near the length check's lower bound, and SFT on them wrote emails too short for it
+    (BENCHMARKS.md, full CPU settings).
     """
-    target = demonstration_words(profile)
     best_failures: list[str] | None = None
     passing: list[tuple[str, list[str]]] = []
     for sample in samples:
@@ -416,11 +416,12 @@ def generate_synthetic(
         seed=config.seed + 1), progress=progress) if prompts else []
 
     passing: list[dict[str, Any]] = []
+    target = demonstration_words(profile)
     for spec, prompt, samples in zip(specs, prompts, outputs, strict=True):
         if prompt in near_eval:
             rejected["near_eval_prompt"] += 1
             continue
-        text, applied, failures = _choose(samples, profile, config)
+        text, applied, failures = _choose(samples, profile, config, target)
         if text is None:
             rejected[f"check:{failures[0]}"] += 1  # counted once, under the first failing check of the best sample
             failed_checks.update(failures)
