@@ -3,12 +3,15 @@
 (Not named accelerate.py: run as a script, bench/ comes first on sys.path and would shadow the package.)
 
     python bench/accelerate_step.py --out bench/results/accelerate_step.json [--processes 2] [--rounds 3] [--steps 3]
+        [--config configs/accelerate/deepspeed-zero2.yaml]
 
 One LoRA SFT step (the default model, r=16 on q/k/v/o, fp32, bench/training.py's batch of 8 × 256 tokens:
 `TrainingSession.update` = `forward_backward(CrossEntropy)` + `optim_step`) timed in two setups that use the
 same cores: one process with every core's thread (the local engine), and N processes started the way
 `accelerate launch --multi_gpu` starts them (torchrun; gloo on CPU), each with cores/N threads, each training
 its shard of the same batch (the accelerate engine; each step ends with every process's gradient all-reduced).
+With --config FILE (an accelerate config, e.g. DeepSpeed ZeRO-2 or FSDP2) a third setup runs the N processes with
+the settings `accelerate launch --config_file FILE` gives them (key "N-config"), against the same two.
 Setups alternate for --rounds rounds so a load trend hits both alike; medians over every timed step after one
 warm-up step per round; ratio = N-process median / one-process median. Each round also records the first step's
 loss, which must agree between setups (same global batch, same weights).
@@ -55,9 +58,13 @@ def worker(engine_name: str, steps: int, batch: int, seq: int, threads: int) -> 
             "step_s": times[1:], "warmup_s": times[0], "first_loss": losses[0], "is_main": engine.is_main}
 
 
-def run_setup(processes: int, args: argparse.Namespace, threads: int, port: int) -> dict:
+def run_setup(processes: int, args: argparse.Namespace, threads: int, port: int, config: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    if config:
+        from personalign.engines.launch import launch_env
+
+        env.update(launch_env(config, processes))
     worker_args = [__file__, "--worker", "accelerate" if processes > 1 else "local", "--steps", str(args.steps),
                    "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(threads)]
     if processes > 1:
@@ -82,6 +89,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores both setups share")
     parser.add_argument("--port", type=int, default=29631)
+    parser.add_argument("--config", help="also time the N processes under this accelerate config (FSDP, DeepSpeed)")
     parser.add_argument("--worker", choices=["local", "accelerate"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -92,27 +100,37 @@ def main() -> None:
     from personalign.io import atomic_write_json
     from personalign.runs import package_versions
 
-    setups = {1: max(1, args.cores), args.processes: max(1, args.cores // args.processes)}
+    n = args.processes
+    # key: (processes, threads per process, accelerate config)
+    setups = {"1": (1, max(1, args.cores), None), str(n): (n, max(1, args.cores // n), None)}
+    if args.config:
+        setups[f"{n}-config"] = (n, max(1, args.cores // n), args.config)
     rounds: list[dict] = []
     for r in range(args.rounds):
         order = list(setups) if r % 2 == 0 else list(setups)[::-1]
-        row = {n: run_setup(n, args, setups[n], args.port + r) for n in order}
-        rounds.append({str(n): row[n] for n in setups})
-        print(f"round {r}: " + ", ".join(f"{n} process(es) {statistics.median(row[n]['step_s']):.2f} s/step"
-                                         for n in setups), flush=True)
-    medians = {n: statistics.median(s for rd in rounds for s in rd[str(n)]["step_s"]) for n in setups}
-    one, many = medians[1], medians[args.processes]
+        row = {}
+        for i, key in enumerate(order):
+            processes, threads, config = setups[key]
+            row[key] = run_setup(processes, args, threads, args.port + 10 * r + i, config)
+        rounds.append({key: row[key] for key in setups})
+        print(f"round {r}: " + ", ".join(f"{key} {statistics.median(row[key]['step_s']):.2f} s/step"
+                                         for key in setups), flush=True)
+    medians = {key: statistics.median(s for rd in rounds for s in rd[key]["step_s"]) for key in setups}
+    one, many = medians["1"], medians[str(n)]
     result = {
         "what": __doc__.splitlines()[0], "cores": args.cores, "batch": args.batch, "seq": args.seq,
         "steps_per_round": args.steps, "rounds": rounds, "versions": package_versions(),
-        "median_step_s": {str(n): v for n, v in medians.items()},
-        f"ratio_{args.processes}_over_1": many / one,
-        "first_loss_max_rel_diff": max(abs(rd[str(args.processes)]["first_loss"] - rd["1"]["first_loss"])
-                                       / abs(rd["1"]["first_loss"]) for rd in rounds),
+        "config": args.config, "median_step_s": medians,
+        f"ratio_{n}_over_1": many / one,
+        **({f"ratio_{n}_config_over_1": medians[f"{n}-config"] / one,
+            f"ratio_{n}_config_over_{n}": medians[f"{n}-config"] / many} if args.config else {}),
+        "first_loss_max_rel_diff": max(abs(rd[key]["first_loss"] - rd["1"]["first_loss"]) / abs(rd["1"]["first_loss"])
+                                       for rd in rounds for key in setups),
         "load_avg_1m_at_end": os.getloadavg()[0],
     }
     atomic_write_json(args.out, result)
-    print(f"median s/step: 1 process {one:.3f}, {args.processes} processes {many:.3f}, ratio {many / one:.2f}; "
+    extra = f", {n} processes under {args.config} {medians[f'{n}-config']:.3f}" if args.config else ""
+    print(f"median s/step: 1 process {one:.3f}, {n} processes {many:.3f}{extra}, ratio {many / one:.2f}; "
           f"wrote {args.out}")
 
 

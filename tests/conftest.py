@@ -42,6 +42,25 @@ def make_tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2)
     return LlamaForCausalLM(config).eval()
 
 
+def crash_after_checkpoint(run: Path, crashed: Path, step: int) -> Path:
+    """`crashed`: a copy of the finished run dir `run` as a crash right after its step-`step` checkpoint would
+    have left it (later checkpoints, the adapter, the end-of-run files and later metrics rows absent)."""
+    import json
+    import shutil
+
+    shutil.copytree(run, crashed)
+    for checkpoint in (crashed / "checkpoints").iterdir():
+        if int(checkpoint.name.rsplit("-", 1)[1]) > step:
+            shutil.rmtree(checkpoint)
+    shutil.rmtree(crashed / "adapter")
+    for name in ("method.json", "training_data.json"):
+        (crashed / name).unlink()
+    rows = (crashed / "metrics.jsonl").read_text().splitlines()
+    kept = [r for r in rows if json.loads(r).get("step", step + 1) <= step]  # the end-of-run row has no step
+    (crashed / "metrics.jsonl").write_text("".join(r + "\n" for r in kept))
+    return crashed
+
+
 @pytest.fixture
 def tiny_backend(chat_tokenizer):
     """An HFBackend around a tiny random llama (CPU, fp32)."""

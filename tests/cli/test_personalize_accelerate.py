@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama
+from conftest import crash_after_checkpoint, make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = {"name": "Zed Toy", "task": "write notes", "constraints": {"sign_off": "Cheers,\nZed"},
@@ -72,7 +71,7 @@ def test_two_processes_write_one_run_dir_with_the_one_process_adapter(setup):
     assert set(files(run)) - set(files(tmp / "one")) == extra
     assert not [f for f in files(run) if "/." in f or f.startswith(".")]  # no temp files left by a second writer
     env = json.loads((run / "env.json").read_text())
-    assert env["processes"] == 2 and env["engine"] == "accelerate"
+    assert env["processes"] == 2 and env["engine"] == "accelerate" and env["distributed"] == "ddp"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["method_config"]["engine"] == "accelerate" and saved["num_processes"] == 2
     rows, base_rows = steps(run), steps(tmp / "one")
@@ -113,15 +112,7 @@ def test_resume_under_two_processes_reproduces_the_uninterrupted_run(setup):
     full = personalize("--profile", "toy.yaml", "--method", "sft", "--config", str(cfg), "--out", "full",
                        "--engine", "accelerate", "--accelerate-config", ddp, cwd=tmp)
     assert full.returncode == 0, full.stderr[-3000:]
-    # A crash right after the step-2 checkpoint: nothing after it happened.
-    crashed = tmp / "crashed"
-    shutil.copytree(tmp / "full", crashed)
-    shutil.rmtree(crashed / "checkpoints" / "step-000004")
-    shutil.rmtree(crashed / "adapter")
-    for name in ("method.json", "training_data.json"):
-        (crashed / name).unlink()
-    (crashed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps(tmp / "full")
-                                                   if r.get("step", 99) <= 2))
+    crashed = crash_after_checkpoint(tmp / "full", tmp / "crashed", step=2)  # nothing after it happened
     resumed = personalize("--out", "crashed", "--resume", "--engine", "accelerate", "--num-processes", "2", cwd=tmp)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continuing from checkpoints/step-000002" in resumed.stderr
@@ -141,8 +132,8 @@ def test_resume_under_two_processes_reproduces_the_uninterrupted_run(setup):
     (["--accelerate-config", "{configs}/ddp.yaml"], "--accelerate-config: only used with --engine accelerate"),
     (["--engine", "accelerate", "--num-processes", "0"], "--num-processes"),
     (["--engine", "accelerate", "--method", "rlaif"], "--method rlaif cannot run data-parallel yet"),
-    (["--engine", "accelerate", "--accelerate-config", "{configs}/deepspeed-zero2.yaml"],
-     "deepspeed-zero2.yaml: DeepSpeed is not supported by the accelerate engine"),
+    (["--engine", "accelerate", "--accelerate-config", "{tmp}/zero3.yaml"],
+     "zero3.yaml: DeepSpeed zero_stage 3 is not supported by the accelerate engine; use zero_stage 1 or 2"),
     (["--engine", "accelerate", "--accelerate-config", "{tmp}/none.yaml"], "none.yaml: file not found"),
     (["--engine", "acelerate"], "--engine"),
 ])
@@ -154,6 +145,9 @@ def test_bad_engine_settings_stop_with_one_line_before_anything_starts(args, exp
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PERSONALIGN_LAUNCHED", raising=False)
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(PROFILE))
+    zero3 = yaml.safe_load((REPO / "configs" / "accelerate" / "deepspeed-zero2.yaml").read_text())
+    zero3["deepspeed_config"]["zero_stage"] = 3
+    (tmp_path / "zero3.yaml").write_text(yaml.safe_dump(zero3))
     fill = {"configs": str(REPO / "configs" / "accelerate"), "tmp": str(tmp_path)}
     args = [a.format(**fill) for a in args]
     method = [] if "--method" in args else ["--method", "sft"]

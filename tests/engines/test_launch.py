@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,7 +58,7 @@ def test_shipped_configs_are_valid_for_accelerate_launch(name, monkeypatch):
         assert args.use_deepspeed and int(args.zero_stage) == 2
 
 
-def test_bad_configs_and_unsupported_types_fail_with_one_line(tmp_path):
+def test_bad_configs_and_unsupported_types_fail_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(PersonalignError, match="file not found"):
         load_accelerate_config(tmp_path / "nowhere.yaml")
     bad = tmp_path / "bad.yaml"
@@ -66,8 +67,26 @@ def test_bad_configs_and_unsupported_types_fail_with_one_line(tmp_path):
         load_accelerate_config(bad)
     check_accelerate_config(CONFIGS / "ddp.yaml")
     check_accelerate_config(CONFIGS / "fsdp.yaml")
-    with pytest.raises(PersonalignError, match=r"deepspeed-zero2\.yaml: DeepSpeed is not supported .* use "
-                                               r"configs/accelerate/fsdp\.yaml"):
+    # DeepSpeed: ZeRO 1-2 without offload, accumulation left to the methods (each refusal names the setting)
+    if importlib.util.find_spec("deepspeed") is not None:
+        check_accelerate_config(CONFIGS / "deepspeed-zero2.yaml")
+    shipped = (CONFIGS / "deepspeed-zero2.yaml").read_text()
+    for name, old, new, expect in [
+        ("zero3", "zero_stage: 2", "zero_stage: 3", "DeepSpeed zero_stage 3 is not supported .* use zero_stage 1 or 2"),
+        ("offload", "offload_optimizer_device: none", "offload_optimizer_device: cpu",
+         "DeepSpeed offload_optimizer_device is not supported .* set it to none"),
+        ("gas", "gradient_accumulation_steps: 1", "gradient_accumulation_steps: 4",
+         "DeepSpeed gradient_accumulation_steps 4 is not supported; set it to 1"),
+    ]:
+        assert old in shipped
+        (tmp_path / f"{name}.yaml").write_text(shipped.replace(old, new))
+        with pytest.raises(PersonalignError, match=rf"^--accelerate-config .*{name}\.yaml: {expect}"):
+            check_accelerate_config(tmp_path / f"{name}.yaml")
+    find_spec = importlib.util.find_spec  # deepspeed absent, as without the optional extra
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "deepspeed" else find_spec(name, *args))
+    with pytest.raises(PersonalignError, match=r"deepspeed-zero2\.yaml: DeepSpeed is not installed; pip install "
+                                               r"'personalign\[deepspeed\]'$"):
         check_accelerate_config(CONFIGS / "deepspeed-zero2.yaml")
     # FSDP1 (a config without fsdp_version 2): its flat parameters cannot mix LoRA's trainable and frozen weights
     fsdp1 = tmp_path / "fsdp1.yaml"

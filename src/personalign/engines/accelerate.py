@@ -1,4 +1,4 @@
-"""The `accelerate` engine: the local engine data-parallel over processes (`accelerate launch`: DDP or FSDP2).
+"""The `accelerate` engine: the local engine data-parallel over processes (`accelerate launch`: DDP, FSDP2, DeepSpeed).
 
 Every process holds the whole batch (the client sends it to all) and trains on its contiguous shard; the
 losses are scaled so that DDP's gradient average equals the one-process gradient of the whole batch:
@@ -21,6 +21,16 @@ DDP's all-reduce does). Checkpoints and adapters are gathered whole (FULL_STATE_
 `get_model_state_dict` with frozen base weights left out), so rank 0 writes the same files as the local engine:
 a checkpoint resumes under any engine or process count. Every forward of a sharded model is a collective, so
 each process pads its shard of a sampling or scoring call to the same number of rows (the padding is dropped).
+
+DeepSpeed ZeRO stage 0-2 (an accelerate config with `distributed_type: DEEPSPEED`): model and optimizer go
+through `accelerator.prepare` (a DeepSpeedEngine with ZeRO's partitioned optimizer around our AdamW), but the
+protocol drives the DeepSpeed engine itself: accelerate's `backward` under DeepSpeed also steps the optimizer,
+while here `optim_step` comes after the backward(s) with the step's learning rate and clip. DeepSpeed's
+`managed_gradient_accumulation: false` makes `backward` only accumulate and `step` the boundary, so several
+`forward_backward` calls before one `optim_step` (gradient accumulation) sum as on one process. Weights stay
+whole on every process (ZeRO 0-2 partition only gradients and optimizer state), so sampling, scoring and
+snapshots run as under DDP; checkpoints hold the whole Adam moments (gathered with DeepSpeed's
+`safe_get_full_optimizer_state`) in the local engine's layout, so they resume under any engine.
 """
 
 from __future__ import annotations
@@ -85,13 +95,21 @@ class AccelerateEngine(LocalEngine):
                                    "LoRA adapter (lora.enabled: true), or use configs/accelerate/ddp.yaml")
         self.accelerator = Accelerator(cpu=backend.device.type == "cpu")
         _fsdp_on_cpu(self.accelerator)
+        _deepspeed_on_cpu(self.accelerator)
         check_distributed_type(self.accelerator.distributed_type, "engine accelerate")
         if self.accelerator.distributed_type == DistributedType.FSDP:
             check_fsdp_version(self.accelerator.state.fsdp_plugin.fsdp_version, "engine accelerate")
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.fsdp = self.accelerator.is_fsdp2
-        if self.fsdp:
+        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        if self.deepspeed:
+            _deepspeed_settings(self.accelerator.state.deepspeed_plugin)
+            self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            # self.ddp is the DeepSpeedEngine (forward, backward, step); self.optimizer accelerate's wrapper
+            # around ZeRO's optimizer (its param_groups are our AdamW's, so optim_step sets lr there).
+            self.ddp, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        elif self.fsdp:
             # The transformers model (LoRA layers inside) becomes the sharded root, in place: peft's forward and
             # its generate both call it, so the root's hooks gather the weights for either (a PeftModel root is
             # bypassed by generate). The optimizer now holds the shards.
@@ -138,8 +156,14 @@ class AccelerateEngine(LocalEngine):
     def _sum_all(self, value: torch.Tensor) -> float:
         return float(self.accelerator.reduce(value.detach().reshape(1).clone(), reduction="sum"))
 
+    def _backward(self, value: torch.Tensor) -> None:
+        if self.deepspeed:  # accumulates only (managed_gradient_accumulation off); optim_step steps
+            self.ddp.backward(value)
+        else:
+            self.accelerator.backward(value)
+
     def forward_backward(self, data: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardOutput]:
-        if self.world == 1:
+        if self.world == 1 and not self.deepspeed:  # DeepSpeed owns the gradients even on one process
             return super().forward_backward(data, loss)
         start, stop, block = self._shard(len(data))
         shard = list(data[start:stop])
@@ -158,7 +182,7 @@ class AccelerateEngine(LocalEngine):
             w = (weights[:, 1:].reshape(-1).to(nll) if weights is not None else (labels.reshape(-1) != -100).to(nll))
             total = sum(sum(d.weights) if d.weights is not None else len(d.completion) for d in data)
             part = (nll * w).sum() / total
-            self.accelerator.backward(part * self.world)
+            self._backward(part * self.world)
             out = ForwardBackwardOutput(self._sum_all(part))
         else:
             logp, mask = token_logprobs(self.ddp, pairs, self.pad_id, device)
@@ -174,12 +198,12 @@ class AccelerateEngine(LocalEngine):
                 per_seq, kl = policy_loss(logp, mask, advantages, sampling, ref, loss.kl_beta, loss.clip_epsilon,
                                           reduce=False)
                 part = per_seq.sum() / len(data)
-                self.accelerator.backward(part * self.world)
+                self._backward(part * self.world)
                 out = ForwardBackwardOutput(self._sum_all(part), metrics={"kl": self._sum_all(kl.sum()) / len(data)})
             elif isinstance(loss, CustomLoss):
                 tl = self._gather(logp, mask, data, block)
                 value, metrics = loss.fn(data, tl)
-                self.accelerator.backward(value)
+                self._backward(value)
                 out = ForwardBackwardOutput(float(value.detach()), tl.sums().detach().tolist(), dict(metrics))
             else:
                 raise PersonalignError(f"unknown loss {loss!r}; use CrossEntropy, PolicyLoss or CustomLoss")
@@ -187,11 +211,27 @@ class AccelerateEngine(LocalEngine):
         return resolved(out)
 
     def optim_step(self, params: AdamParams) -> Future[dict[str, float]]:
+        if self.deepspeed:
+            return resolved(self._deepspeed_step(params))
         if not self.fsdp or params.grad_clip_norm <= 0:
             return super().optim_step(params)
         # Sharded gradients: the accelerator's clip computes the norm over every process's shards.
         metrics = {"grad_norm": float(self.accelerator.clip_grad_norm_(self.params, params.grad_clip_norm))}
         return resolved({**super().optim_step(dataclasses.replace(params, grad_clip_norm=0.0)).result(), **metrics})
+
+    def _deepspeed_step(self, params: AdamParams) -> dict[str, float]:
+        """DeepSpeed's step: it reduces what the backward(s) accumulated, clips with ZeRO's own global norm
+        (torch's clip_grad_norm_ formula), steps our AdamW on each process's partition and zeroes the gradients."""
+        for group in self.optimizer.param_groups:
+            group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps,
+                         weight_decay=params.weight_decay)
+        self.ddp.optimizer.clip_grad = max(params.grad_clip_norm, 0.0)  # per step, as the protocol passes it
+        with warnings.catch_warnings():  # ZeRO's all_gather_into_tensor, deprecated by torch: noise for our users
+            warnings.simplefilter("ignore", FutureWarning)
+            self.ddp.step()
+        if params.grad_clip_norm <= 0:
+            return {}
+        return {"grad_norm": float(self.ddp.get_global_grad_norm())}
 
     # ---- data-parallel sampling and scoring: shard, run, all-gather ---------------------------------
     def _lockstep_shard(self, items: Sequence[T]) -> tuple[list[T], int]:
@@ -249,6 +289,8 @@ class AccelerateEngine(LocalEngine):
         rng = self._gather_objects([torch.get_rng_state()]) if optimizer and self.world > 1 else None
         if self.fsdp:
             self._save_sharded_state(Path(folder), optimizer)
+        elif self.deepspeed:
+            self._save_deepspeed_state(Path(folder), optimizer)
         elif self.is_main:
             super().save_state(folder, optimizer)
         if rng is not None and self.is_main:
@@ -283,6 +325,8 @@ class AccelerateEngine(LocalEngine):
     def load_state(self, folder: Path, optimizer: bool = True) -> None:
         if self.fsdp:
             self._load_sharded_state(Path(folder), optimizer)
+        elif self.deepspeed:
+            self._load_deepspeed_state(Path(folder), optimizer)
         else:
             super().load_state(folder, optimizer)
         per_process = Path(folder) / RNG_FILE
@@ -309,6 +353,63 @@ class AccelerateEngine(LocalEngine):
         else:  # a fresh optimizer: Adam's moments zeroed, as the local engine's new optimizer starts
             self._torch_optimizer.state.clear()
 
+    # ---- DeepSpeed ZeRO 0-2: whole weights everywhere, Adam moments partitioned over the processes ---
+    def _zero_partitions(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Each ZeRO parameter group's flat fp32 partition (the tensor our AdamW steps) and its model weights."""
+        zero = self.ddp.optimizer
+        return list(zip(zero.single_partition_of_fp32_groups, zero.bit16_groups, strict=True))
+
+    def _save_deepspeed_state(self, folder: Path, optimizer: bool) -> None:
+        """The local engine's files: the weights (whole on every process) and, per weight, the whole Adam
+        moments assembled from every process's partition (every process joins those all-reduces)."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        weights = {name: p.detach().clone() for name, p in zip(self.names, self.params, strict=True)}
+        optim = None
+        if optimizer:
+            adam = self._torch_optimizer.optimizer  # ZeRO's optimizer wraps our AdamW
+            steps = [adam.state.get(flat, {}).get("step") for flat, _ in self._zero_partitions()]
+            state = {}
+            if all(step is not None for step in steps):  # Adam has stepped (its state is created lazily)
+                for i, p in enumerate(self.params):
+                    state[i] = {"step": steps[0].clone(), **{key: safe_get_full_optimizer_state(p, key).cpu()
+                                                             for key in ("exp_avg", "exp_avg_sq")}}
+            groups = [{k: v for k, v in g.items() if k != "params"} for g in adam.param_groups]
+            optim = {"state": state, "param_groups": [{**groups[0], "params": list(range(len(self.params)))}]}
+        if not self.is_main:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, folder / WEIGHTS_FILE)
+        if optim is not None:
+            torch.save({"optimizer": optim, "rng": torch.get_rng_state()}, folder / OPTIMIZER_FILE)
+
+    def _load_deepspeed_state(self, folder: Path, optimizer: bool) -> None:
+        """Every process reads the whole files: the weights into the model and ZeRO's fp32 partition, the Adam
+        moments into this process's partition of them."""
+        from deepspeed.utils import lazy_init_hp_params_optimizer_state, safe_set_full_optimizer_state
+
+        from personalign.engines.local import load_trainable_state
+
+        load_trainable_state(self.model, torch.load(folder / WEIGHTS_FILE, map_location="cpu"))
+        self.ddp.optimizer.refresh_fp32_params()  # ZeRO's fp32 master partition from the weights just loaded
+        adam = self._torch_optimizer.optimizer
+        saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False) \
+            if optimizer and (folder / OPTIMIZER_FILE).is_file() else None
+        state = saved["optimizer"]["state"] if saved is not None else {}
+        step = state[0]["step"] if state else None
+        for flat, weights in self._zero_partitions():
+            # AdamW's state for the flat partition, as its first step would create it, then linked to the
+            # weights' fragments (DeepSpeed links them after its first step otherwise).
+            adam.state[flat] = {"step": (step if step is not None else torch.tensor(0.0)).clone(),
+                                "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
+            lazy_init_hp_params_optimizer_state(weights, flat, adam.state)
+        for i, p in enumerate(self.params):
+            for key, value in state.get(i, {}).items():
+                if key != "step":
+                    safe_set_full_optimizer_state(p, value.to(p.device), key)
+        if saved is not None:
+            torch.set_rng_state(saved["rng"])
+
     def save_weights(self, folder: Path) -> dict[str, Any]:
         if self.fsdp:
             return self._save_sharded_weights(Path(folder))
@@ -333,6 +434,54 @@ class AccelerateEngine(LocalEngine):
         self.model.eval()
         self.sync()
         return {"adapter": "adapter"}
+
+
+def _deepspeed_wanted() -> bool:
+    """accelerate's switch, which `accelerate launch` sets from a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def _deepspeed_on_cpu(accelerator: Any) -> None:
+    """Turn on DeepSpeed where accelerate itself does not: on CPU processes, where it leaves a DeepSpeed config
+    as plain multi-CPU data parallelism (gloo). The plugin built from the ACCELERATE_DEEPSPEED_* settings then
+    drives accelerate's own DeepSpeed path (`prepare`), exactly as on GPUs."""
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    if not _deepspeed_wanted() or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    import deepspeed
+
+    # deepspeed's CPU communication backend JIT-compiles a C++ shared-memory all-reduce (its `shm_comm` op,
+    # used only by DeepSpeed inference's tensor parallelism, never by ZeRO training) in every process when
+    # it starts: 80 s here, and a build killed midway leaves torch's build lock behind, on which every later
+    # run waits forever (the "hung" 2-process gloo step). Marked unavailable, deepspeed uses gloo alone.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision("no")  # the model's own dtype decides, as in the shipped configs
+    plugin.select(_from_accelerator_state=True)
+    accelerator.state.deepspeed_plugins = plugin
+    accelerator.state.distributed_type = DistributedType.DEEPSPEED
+
+
+def _deepspeed_settings(plugin: Any) -> None:
+    """The DeepSpeed settings the protocol needs, set in the plugin's config before `prepare` (after the
+    check the CLI makes of a config file, for processes `accelerate launch` started directly)."""
+    from personalign.engines.launch import check_deepspeed
+
+    config = plugin.deepspeed_config
+    zero = config.get("zero_optimization", {})
+    check_deepspeed({"zero_stage": zero.get("stage", 2),
+                     "offload_optimizer_device": zero.get("offload_optimizer", {}).get("device", "none"),
+                     "offload_param_device": zero.get("offload_param", {}).get("device", "none"),
+                     "gradient_accumulation_steps": config.get("gradient_accumulation_steps", 1)}, "engine accelerate")
+    # `step` is the accumulation boundary, not a micro-step counter: forward_backward only accumulates.
+    config["managed_gradient_accumulation"] = False
+    if plugin.is_auto("gradient_accumulation_steps"):
+        config["gradient_accumulation_steps"] = 1
+    # DeepSpeed sizes only its own data loader and throughput log with these: the engine shards each batch itself.
+    if plugin.is_auto("train_micro_batch_size_per_gpu"):
+        config["train_micro_batch_size_per_gpu"] = 1
+    config.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the process count
 
 
 def _full_options(strict: bool = True) -> Any:

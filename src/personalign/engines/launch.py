@@ -39,23 +39,55 @@ def load_accelerate_config(path: str | Path) -> Any:
                                "start from one in configs/accelerate/") from None
 
 
-# accelerate distributed types the engine trains under: DDP (every process holds the whole model) and FSDP2
-# (parameters, gradients and optimizer state sharded; tested on CPU processes over gloo). DeepSpeed would need its
-# engine to own the optimizer step and the saving (`accelerator.prepare` returns a DeepSpeedEngine): not done, and
-# not testable here (deepspeed 0.19.8 installs beside torch 2.13 CPU, but a 2-process gloo step never finished).
-SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP")
+# accelerate distributed types the engine trains under: DDP (every process holds the whole model), FSDP2
+# (parameters, gradients and optimizer state sharded) and DeepSpeed ZeRO 1-2 (gradients and optimizer state
+# partitioned), each tested on CPU processes over gloo.
+SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED")
+DEEPSPEED_STAGES = (1, 2)
 
 
 def check_distributed_type(distributed_type: Any, where: str) -> None:
-    """One line when accelerate would run the engine in a way it does not train under (DeepSpeed, ...)."""
+    """One line when accelerate would run the engine in a way it does not train under (XLA, Megatron, ...)."""
     name = getattr(distributed_type, "value", str(distributed_type))
-    if name == "DEEPSPEED":
-        raise PersonalignError(f"{where}: DeepSpeed is not supported by the accelerate engine; for sharded optimizer "
-                               "state and gradients use configs/accelerate/fsdp.yaml (FSDP2), else "
-                               "configs/accelerate/ddp.yaml")
     if name not in SUPPORTED_TYPES:
         raise PersonalignError(f"{where}: distributed_type {name} is not supported by the accelerate engine; use "
-                               "configs/accelerate/ddp.yaml (DDP) or configs/accelerate/fsdp.yaml (FSDP2)")
+                               "configs/accelerate/ddp.yaml (DDP), fsdp.yaml (FSDP2) or deepspeed-zero2.yaml")
+
+
+def check_deepspeed(settings: dict[str, Any], where: str) -> None:
+    """DeepSpeed settings (an accelerate config's `deepspeed_config`) the engine trains under, in one line if not."""
+    stage = int(settings.get("zero_stage", 2))
+    if stage not in DEEPSPEED_STAGES:
+        # Stage 3 partitions the weights too: sampling, snapshots (π_ref) and checkpoints would each need the
+        # weights gathered, a path not written here; stage 0 is plain data parallelism (ddp.yaml does that).
+        raise PersonalignError(f"{where}: DeepSpeed zero_stage {stage} is not supported by the accelerate engine; "
+                               "use zero_stage 1 or 2 (configs/accelerate/deepspeed-zero2.yaml), or fsdp.yaml to "
+                               "shard the weights too")
+    offload = [k for k in ("offload_optimizer_device", "offload_param_device")
+               if str(settings.get(k, "none")).lower() != "none"]
+    if offload:
+        # Optimizer offload swaps the engine's AdamW for DeepSpeedCPUAdam (a C++ build), untested here.
+        raise PersonalignError(f"{where}: DeepSpeed {offload[0]} is not supported by the accelerate engine yet; set "
+                               "it to none")
+    accumulation = settings.get("gradient_accumulation_steps", 1)
+    if accumulation not in (1, "auto"):
+        # The methods accumulate through forward_backward calls themselves; DeepSpeed would scale the loss again.
+        raise PersonalignError(f"{where}: DeepSpeed gradient_accumulation_steps {accumulation} is not supported; set "
+                               "it to 1 (the methods' own batch settings decide the batch)")
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise PersonalignError(f"{where}: DeepSpeed is not installed; pip install 'personalign[deepspeed]'")
+
+
+def distributed_kind() -> str:
+    """How `accelerate launch` told this process to distribute (ddp, fsdp, deepspeed-zeroN), for env.json."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        return f"deepspeed-zero{stage}" if stage else "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return "ddp"
 
 
 def check_fsdp_version(version: Any, where: str) -> None:
@@ -73,7 +105,28 @@ def check_accelerate_config(path: str | Path) -> Any:
     check_distributed_type(config.distributed_type, where)
     if getattr(config.distributed_type, "value", "") == "FSDP":
         check_fsdp_version((config.fsdp_config or {}).get("fsdp_version", 1), where)
+    if getattr(config.distributed_type, "value", "") == "DEEPSPEED":
+        check_deepspeed(config.deepspeed_config or {}, where)
     return config
+
+
+def launch_env(config_file: str | Path, num_processes: int) -> dict[str, str]:
+    """The accelerate settings `accelerate launch --config_file FILE` hands its processes (ACCELERATE_USE_FSDP and
+    FSDP_*, or ACCELERATE_USE_DEEPSPEED and ACCELERATE_DEEPSPEED_*), from accelerate's own translation of the
+    file: for starting the processes with torchrun directly, as the tests and bench/accelerate_step.py do."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "--num_processes",
+                                               str(num_processes), "train.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command does
+        env = prepare_deepspeed_cmd_env(args)[1]
+    else:
+        env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("FSDP_", "ACCELERATE_USE_", "ACCELERATE_DEEPSPEED_",
+                                                          "ACCELERATE_GRADIENT_"))}
 
 
 def free_port() -> int:

@@ -1,8 +1,9 @@
-"""Run by tests/engines/test_accelerate.py: the accelerate engine under FSDP2 (2 CPU processes on gloo, with the
-FSDP_* settings of configs/accelerate/fsdp.yaml) or the local engine, on one global batch. Starts from the same
-LoRA weights (a checkpoint the test wrote, loaded through `load_state`), then SFT with clipping, a policy loss
-against a snapshot, a checkpoint, DPO's custom loss, greedy sampling, the adapter, and a resume of the DPO step
-from the checkpoint. Rank 0 writes what it saw into OUT."""
+"""Run by tests/engines/test_accelerate.py: the accelerate engine under FSDP2 or DeepSpeed (2 CPU processes on gloo,
+with the settings `accelerate launch` takes from configs/accelerate/fsdp.yaml or deepspeed-zero2.yaml) or the
+local engine, on one global batch. Starts from the same LoRA weights (a checkpoint the test wrote, loaded through
+`load_state`), then SFT with clipping, SFT accumulated over two calls, a policy loss against a snapshot, a
+checkpoint, DPO's custom loss, greedy sampling, the adapter, and a resume of the DPO step from the checkpoint.
+Rank 0 writes what it saw into OUT."""
 
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ def build(tokenizer_dir: str, engine_name: str) -> tuple[HFBackend, LocalEngine]
     # sharded forwards unless the engine pads them to the same length.
     backend = HFBackend(ModelConfig(device="cpu", dtype="fp32", batch_size=1), model=make_tiny_llama(tok, seed=7),
                         tokenizer=tok)
-    if engine_name == "fsdp":
+    if engine_name in ("fsdp", "deepspeed"):
         from personalign.engines.accelerate import AccelerateEngine
 
         engine: LocalEngine = AccelerateEngine(backend, LORA, logprob_batch_size=2)
-        assert engine.fsdp  # type: ignore[attr-defined]  # really sharded, not DDP
+        assert getattr(engine, engine_name)  # really sharded / partitioned, not DDP
     else:
         engine = LocalEngine(backend, LORA, logprob_batch_size=2)
     return backend, engine
@@ -48,6 +49,8 @@ def build(tokenizer_dir: str, engine_name: str) -> tuple[HFBackend, LocalEngine]
 def full_grads(engine: LocalEngine) -> dict[str, torch.Tensor]:
     """Each trainable weight's whole gradient (sharded ones gathered: every process must call this)."""
     out = {}
+    if getattr(engine, "deepspeed", False):  # ZeRO reduces the gradients inside its step: none to read before
+        return out
     for name, p in engine.model.named_parameters():
         if p.grad is not None:
             grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
@@ -73,6 +76,11 @@ def main(tokenizer_dir: str, init: str, out: str, engine_name: str) -> None:
     data = [Datum(p, c, weights=[1.0 + (j % 3) for j in range(len(c))] if i % 2 else None)
             for i, (p, c) in enumerate(pairs[:7])]
     record["losses"].append(engine.forward_backward(data, CrossEntropy()).result().loss)
+    step()
+    # 1b. gradient accumulation: two forward_backward calls (4 rows each: shards of 2 and 2), one optim_step; their
+    # gradients must add up (DeepSpeed's default micro-step counting would keep only the second's)
+    for chunk in (pairs[:4], pairs[4:]):
+        record["losses"].append(engine.forward_backward(datums(chunk), CrossEntropy()).result().loss)
     step()
     # 2. policy loss with β > 0 against a snapshot; π_ref scored on 5 rows in batches of 2 (shards of 3 and 2:
     # 2 and 1 batches unless padded)
