@@ -1,14 +1,16 @@
 """Generation throughput of the hf backend vs a raw `model.generate` loop, by batch size, and model load time.
 
     python bench/sampling.py --out bench/results/sampling.json [--repeats 3] [--max-new-tokens 64] [--device cpu]
-    python bench/sampling.py --batches-only --batches 8,16,32,64 --out bench/results/sampling_batches.json
+    python bench/sampling.py --batches-only --batches 8,16,32,64,128 --out bench/results/sampling_batches.json
     python bench/sampling.py --greedy-only --greedy-batches 1,8,32 --out bench/results/sampling_greedy.json
 
 Part 1: both implementations run greedy decoding on the same chat prompts in the same process, so their
 outputs (and token counts) are identical and the ratio isolates backend overhead. Part 2 (the batch sweep,
 which chose `backends.hf.default_batch_size`): the backend alone samples (temperature 0.7, as DITTO,
 synthetic data and RL do) one batch of B distinct prompts for each B, ratio against batch 8 in the same
-run. Tokens/s counts generated tokens up to each sequence's end-of-turn, medians over `--repeats`.
+run, and beside it raw transformers `model.generate` decoding the same prompts greedily (the host's ceiling for
+this model: no logits processors, no sampling). Tokens/s counts generated tokens up to each sequence's end-of-turn,
+medians over `--repeats`.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def sweep_prompts(n: int) -> list[str]:
 
 
 def batch_sweep(device: str, batches: list[int], repeats: int, max_new_tokens: int) -> dict:
-    """Sampled tokens/s of the backend at each batch size (one batch of B prompts per call), vs batch 8.
+    """Sampled tokens/s of the backend at each batch size (one batch of B prompts per call), vs batch 8, and the
+    raw greedy loop's on the same prompts.
 
     Batch sizes alternate within each repeat (8, 16, 32, 64, 8, 16, ...) on one loaded model, so a burst of
     load from other jobs on a shared machine hits every size alike instead of one.
@@ -89,6 +92,7 @@ def batch_sweep(device: str, batches: list[int], repeats: int, max_new_tokens: i
     sampling = SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens)
     backend.generate([[{"role": "user", "content": PROMPTS[0]}]], sampling.model_copy(update={"max_new_tokens": 4}))
     speeds: dict[int, list[float]] = {b: [] for b in batches}
+    raw_speeds: dict[int, list[float]] = {b: [] for b in batches}
     seconds: dict[int, list[float]] = {b: [] for b in batches}
     for repeat in range(repeats):
         for batch_size in batches:
@@ -101,11 +105,16 @@ def batch_sweep(device: str, batches: list[int], repeats: int, max_new_tokens: i
                          for (t,) in outs)
             speeds[batch_size].append(tokens / elapsed)
             seconds[batch_size].append(elapsed)
-            print(json.dumps({"repeat": repeat, "batch_size": batch_size, "tokens_per_s": round(tokens / elapsed, 1)}),
-                  flush=True)
+            start = time.perf_counter()
+            raw_tokens = raw_generate(backend.model, backend.tokenizer, convs, max_new_tokens)
+            raw_speeds[batch_size].append(raw_tokens / (time.perf_counter() - start))
+            print(json.dumps({"repeat": repeat, "batch_size": batch_size, "tokens_per_s": round(tokens / elapsed, 1),
+                              "raw_greedy_tokens_per_s": round(raw_speeds[batch_size][-1], 1)}), flush=True)
     rows = [{"batch_size": b, "dtype": str(backend.dtype).replace("torch.", ""),
              "tokens_per_s": round(statistics.median(speeds[b]), 1), "runs": [round(v, 1) for v in speeds[b]],
-             "seconds_per_batch": round(statistics.median(seconds[b]), 2)} for b in batches]
+             "seconds_per_batch": round(statistics.median(seconds[b]), 2),
+             "raw_greedy_tokens_per_s": round(statistics.median(raw_speeds[b]), 1),
+             "raw_greedy_runs": [round(v, 1) for v in raw_speeds[b]]} for b in batches]
     base = next((r["tokens_per_s"] for r in rows if r["batch_size"] == 8), rows[0]["tokens_per_s"])
     return {"rows": rows, "ratio_vs_bs8": {str(r["batch_size"]): round(r["tokens_per_s"] / base, 3) for r in rows},
             "temperature": 0.7, "max_new_tokens": max_new_tokens}

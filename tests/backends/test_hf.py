@@ -11,7 +11,7 @@ from personalign.backends.base import truncate_at_stop
 from personalign.backends.hf import (
     GeneratedTokensRepetitionPenalty,
     HFBackend,
-    NucleusWarper,
+    NucleusSampler,
     default_batch_size,
     resolve_dtype,
     sequence_logprobs,
@@ -75,34 +75,69 @@ def test_repetition_penalty_by_hand_spares_prompt_tokens():
     assert torch.equal(GeneratedTokensRepetitionPenalty(2.0, prompt_length=4)(input_ids, scores), scores)
 
 
-def test_nucleus_by_hand_keeps_the_smallest_set_reaching_top_p():
+def draw_frequencies(sampler: NucleusSampler, scores: torch.Tensor, draws: int) -> torch.Tensor:
+    """Empirical next-token distribution of `sampler` per row of `scores`, from `draws` seeded draws."""
+    torch.manual_seed(0)
+    tokens = sampler.draw(scores.repeat_interleave(draws, dim=0)).view(scores.shape[0], draws)
+    return torch.nn.functional.one_hot(tokens, scores.shape[-1]).float().mean(dim=1)
+
+
+def test_nucleus_sampler_by_hand_draws_only_the_smallest_set_reaching_top_p():
     scores = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    # Mass before each token, most likely first: 0, 0.5, 0.8, 0.95; keep while it is below top_p = 0.8.
-    kept = NucleusWarper(0.8, candidates=4)(None, scores)
-    assert torch.isfinite(kept).tolist() == [[True, True, False, False]]
-    assert torch.allclose(kept[0, :2], scores[0, :2])
-    assert torch.isfinite(NucleusWarper(0.01, candidates=4)(None, scores)).tolist() == [[True, False, False, False]]
+    # Mass before each token, most likely first: 0, 0.5, 0.8, 0.95; keep while it is below top_p = 0.8, so
+    # tokens 0 and 1 are drawn, renormalized: 0.5 / 0.8 and 0.3 / 0.8.
+    freq = draw_frequencies(NucleusSampler(1.0, 0.8, candidates=4), scores, 20000)[0]
+    assert freq[2:].tolist() == [0.0, 0.0]
+    assert freq[0].item() == pytest.approx(0.625, abs=0.015)
+    # Temperature 0.5 squares the odds before the nucleus: 0.25, 0.09, 0.0225, 0.0025 normalize to 0.685, 0.247,
+    # ...: token 0 alone reaches top_p = 0.6 (untempered, 0.5 would not, and token 1 would be drawn too).
+    freq = draw_frequencies(NucleusSampler(0.5, 0.6, candidates=4), scores, 2000)[0]
+    assert freq.tolist() == [1.0, 0.0, 0.0, 0.0]
+    scores_out = NucleusSampler(1.0, 0.01, candidates=4)(None, scores)
+    assert torch.isfinite(scores_out).tolist() == [[True, False, False, False]]  # the draw alone stays finite
 
 
 @pytest.mark.parametrize("candidates", [4, 64, 1000])
-def test_nucleus_equals_transformers_top_p_including_the_full_sort_fallback(candidates):
-    from transformers.generation.logits_process import TopPLogitsWarper
+def test_nucleus_sampler_draws_from_transformers_distribution_including_the_full_sort_fallback(candidates):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
     generator = torch.Generator().manual_seed(0)
     # Peaked rows (nucleus inside few candidates) and a flat row (nucleus beyond them: the fallback path).
-    scores = torch.cat([torch.randn(3, 500, generator=generator) * 6, torch.randn(1, 500, generator=generator) * 0.1])
-    for top_p in (0.5, 0.9, 0.95):
-        ours = NucleusWarper(top_p, candidates=candidates)(None, scores)
-        theirs = TopPLogitsWarper(top_p)(None, scores)
-        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
-        assert torch.equal(ours[torch.isfinite(ours)], scores[torch.isfinite(theirs)])
+    scores = torch.cat([torch.randn(3, 300, generator=generator) * 6, torch.randn(1, 300, generator=generator) * 0.1])
+    for temperature, top_p in ((1.0, 0.5), (0.7, 0.9), (1.3, 0.95), (0.7, 1.0)):
+        expected = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores)).softmax(dim=-1)
+        freq = draw_frequencies(NucleusSampler(temperature, top_p, candidates=candidates), scores, 8000)
+        assert not (freq[expected == 0] > 0).any()  # nothing outside transformers' nucleus is ever drawn
+        assert (freq - expected).abs().max().item() < 0.03
 
 
-def test_sampling_with_top_p_uses_the_nucleus_filter_and_greedy_uses_none(tiny_backend):
+@pytest.mark.parametrize("scale", [3.0, 0.5])  # peaked rows (the candidates' path), flatter rows (the fallback)
+def test_nucleus_sampler_draws_do_not_depend_on_the_order_of_near_tied_candidates(scale):
+    # Logits with exact ties (rounded), then two different 1e-6 perturbations: the ties break differently, so
+    # topk and sort order the candidates differently. The race is keyed by token id, so the seeded draws stay
+    # the same (measured: 100 % and 99 %; a race over candidates in rank order kept 92 % and 13 %).
+    generator = torch.Generator().manual_seed(1)
+    base = (torch.randn(400, 300, generator=generator) * scale).round(decimals=1)
+    draws = []
+    for seed in (2, 3):
+        noise = torch.randn(base.shape, generator=torch.Generator().manual_seed(seed)) * 1e-6
+        torch.manual_seed(0)
+        draws.append(NucleusSampler(0.7, 0.95, candidates=16).draw(base + noise))
+    assert (draws[0] == draws[1]).float().mean().item() > 0.97
+
+
+def test_sampling_draws_in_the_nucleus_sampler_and_greedy_uses_none(tiny_backend):
     processors = tiny_backend.logits_processors(SamplingConfig(temperature=0.7, top_p=0.9), 5)
-    assert [type(p) for p in processors] == [NucleusWarper]
+    assert [type(p) for p in processors] == [NucleusSampler]
     assert not tiny_backend.logits_processors(SamplingConfig(temperature=0.0, top_p=0.9), 5)
-    assert not tiny_backend.logits_processors(SamplingConfig(temperature=0.7, top_p=1.0), 5)
+
+
+def test_sampled_generation_is_seeded_and_expands_n_samples_per_prompt(tiny_backend):
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=8, n=3, seed=7)
+    first = tiny_backend.generate([CONV, CONV[1:]], sampling)
+    assert [len(samples) for samples in first] == [3, 3]
+    assert first == tiny_backend.generate([CONV, CONV[1:]], sampling)
+    assert len(set(first[0])) > 1  # a random tiny model's samples differ from each other
 
 
 def test_repetition_penalty_reaches_generation(tiny_backend):

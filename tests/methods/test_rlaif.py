@@ -131,10 +131,12 @@ def test_tiny_policy_learns_a_rule_reward(chat_tokenizer, tmp_path):
                       constraints={"sign_off": "Maya"}, train_prompts=["Greet Sam", "Greet Ana", "Greet Cy"],
                       eval_prompts=["Greet Bo"])
     method = RLAIFMethod(backend, RLAIFConfig(
-        # 10 new tokens: room to end on its own (a sample cut at the limit is not taught to stop there)
-        reward="rules:1", max_steps=14, batch_size=3, group_size=6, lr=5e-2, beta=0.0, max_new_tokens=10,
-        system_prompt=False, heldout_prompts=1, eval_every=7, lora={"r": 4, "alpha": 8, "dropout": 0.0},
-        checkpoint_every=7,
+        # 10 new tokens: room to end on its own (a sample cut at the limit is not taught to stop there). lr 1e-2
+        # over 28 steps learned on 8 of 8 seeds (sign-off 0.81-0.94 from 0.47); lr 5e-2 over 14 steps, as before,
+        # on 9 of 16, whichever sampler drew the tokens: it only passed on seed 0 by luck.
+        reward="rules:1", max_steps=28, batch_size=3, group_size=6, lr=1e-2, beta=0.0, max_new_tokens=10,
+        system_prompt=False, heldout_prompts=1, eval_every=14, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        checkpoint_every=14,
     ))
     probe = SamplingConfig(n=32, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=123)
     before = _sign_off_rate(backend.generate([[{"role": "user", "content": "Say hi"}]], probe)[0])
@@ -152,7 +154,7 @@ def test_tiny_policy_learns_a_rule_reward(chat_tokenizer, tmp_path):
     assert (run.path / "hacking.png").stat().st_size > 0
     # rules is optimized, so the held-out monitor (on "Greet Cy", never trained on) uses similarity instead
     evaluations = [r for r in run.metrics if "heldout" in r]
-    assert [r["step"] for r in evaluations] == [1, 7, 14]
+    assert [r["step"] for r in evaluations] == [1, 14, 28]
     assert all(r["heldout_evaluator"] == "similarity" for r in evaluations)
     assert run.read_json("rl_summary.json")["heldout_evaluator"] == "similarity"
     assert (run.path / "adapter" / "adapter_config.json").is_file()

@@ -73,39 +73,61 @@ class GeneratedTokensRepetitionPenalty:
         return scores.scatter(1, generated, seen)
 
 
-class NucleusWarper:
-    """Top-p (nucleus) filtering with the semantics of transformers' `TopPLogitsWarper`: keep the most likely
-    tokens until their probability mass reaches `top_p` (at least one), set the rest to -inf.
+class NucleusSampler:
+    """Draws the next token from the temperature-scaled nucleus (the distribution of transformers'
+    `TemperatureLogitsWarper` + `TopPLogitsWarper` + multinomial sampling) and returns scores in which only the
+    drawn token is finite, so `generate` runs in greedy mode and its argmax takes the draw.
 
-    Written by hand because `TopPLogitsWarper` sorts the whole vocabulary at every decoding step: on 2 CPU cores
-    that sort of a [32, 49152] score matrix took 77 ms, about as long as the model's own forward pass, and
-    halved sampling throughput (BENCHMARKS.md, sampling). Here the nucleus is searched among the `candidates`
-    most likely tokens (`topk`, ~3 ms); only a row whose top candidates hold less than `top_p` of the mass falls
-    back to the full sort, so the result is exact either way.
+    Written by hand because both halves of transformers' sampling scale with the whole vocabulary at every step:
+    `TopPLogitsWarper` sorts it (77 ms for a [32, 49152] score matrix on 2 CPU cores, as long as the forward pass)
+    and `torch.multinomial` draws one exponential variate per vocabulary entry (31 ms). Here the nucleus is
+    searched among the `candidates` most likely tokens (`topk`) and the draw is made among them. Only a row whose
+    top candidates hold less than `top_p` of the mass (a flat distribution) is sorted and drawn over the full
+    vocabulary, so the distribution is exact either way (tests/backends/test_hf.py checks it against
+    transformers'). Used with greedy decoding, it leaves the other steps of `generate` as they are.
     """
 
-    def __init__(self, top_p: float, candidates: int = 256):
+    def __init__(self, temperature: float, top_p: float, candidates: int = 256):
+        if temperature <= 0.0:
+            raise ValueError("NucleusSampler samples; temperature 0 is greedy decoding")
+        self.temperature = temperature
         self.top_p = top_p
         self.candidates = candidates
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        k = min(self.candidates, scores.shape[-1])
-        values, indices = scores.topk(k, dim=-1)
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """One token id per row of raw (untempered) scores [batch, vocab]: shape [batch].
+
+        The draw is an exponential race (argmax of p / E, E ~ Exp(1), which picks token j with probability
+        p_j / sum p) whose variates are keyed by token id, as `torch.multinomial`'s are: so it depends only on
+        the nucleus' probabilities, never on the order of the candidates, which near-tied logits swap under tiny
+        numeric differences (a merged vs an unmerged LoRA, another batch's padding). Uniforms over the whole
+        vocabulary cost 4 ms at batch 32; only the candidates' are turned into exponentials.
+        """
+        scores = scores.float() / self.temperature
+        uniforms = torch.rand_like(scores)
+        if self.top_p >= 1.0:
+            return (scores.softmax(dim=-1) / -uniforms.log()).argmax(dim=-1)
+        values, indices = scores.topk(min(self.candidates, scores.shape[-1]), dim=-1)
         probs = (values - scores.logsumexp(dim=-1, keepdim=True)).exp()
-        mass_before = probs.cumsum(dim=-1) - probs
-        keep = mass_before < self.top_p
+        # TopPLogitsWarper's rule: keep the most likely tokens while the mass before them is below top_p.
+        keep = (probs.cumsum(dim=-1) - probs) < self.top_p
         keep[:, 0] = True
-        filtered = torch.full_like(scores, float("-inf")).scatter(
-            1, indices, values.masked_fill(~keep, float("-inf")))
+        race = probs * keep / -uniforms.gather(1, indices).log()
+        tokens = indices.gather(1, race.argmax(dim=-1, keepdim=True)).squeeze(1)
         uncovered = (probs.sum(dim=-1) < self.top_p).nonzero().flatten()
         if uncovered.numel():
             rows = scores[uncovered]
             sorted_rows, order = rows.sort(dim=-1, descending=True)
             sorted_probs = sorted_rows.softmax(dim=-1)
-            drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= self.top_p
-            drop[:, 0] = False
-            filtered[uncovered] = rows.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-        return filtered
+            sorted_keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p
+            sorted_keep[:, 0] = True
+            nucleus = torch.zeros_like(rows).scatter_(1, order, sorted_probs * sorted_keep)
+            tokens[uncovered] = (nucleus / -uniforms[uncovered].log()).argmax(dim=-1)
+        return tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        tokens = self.draw(scores)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens.unsqueeze(1), 0.0)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -236,8 +258,7 @@ class HFBackend(TrainableBackend):
         """Left-padded batches sorted by prompt length (less padding), `n` samples per prompt, seeded.
 
         `adapter_names` (one per conversation, "__base__" for none) mixes PEFT LoRA adapters in one batch (the
-        server). The rows are then expanded n-fold here, as `num_return_sequences` would (repeat_interleave),
-        because PEFT matches adapter names to rows before generate expands them.
+        server).
         """
         renderer = self.renderer
         samples = self.sample_ids([renderer.prompt_ids(c) for c in conversations], sampling, progress, adapter_names)
@@ -259,7 +280,6 @@ class HFBackend(TrainableBackend):
         results: list[list[Any]] = [[] for _ in encoded]
         batch_size = max(1, self.batch_size // sampling.n)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        greedy = sampling.temperature == 0.0
         pad_id = self.tokenizer.pad_token_id
         iterator: Any = batches
         if progress:
@@ -275,16 +295,18 @@ class HFBackend(TrainableBackend):
                 ids = encoded[index]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
-            extra: dict[str, Any] = {"num_return_sequences": sampling.n}
+            # Rows are expanded n-fold here (as `num_return_sequences` would, repeat_interleave) because generate
+            # runs in greedy mode (NucleusSampler draws) and because PEFT matches adapter names to rows first.
+            input_ids = input_ids.repeat_interleave(sampling.n, dim=0)
+            attention = attention.repeat_interleave(sampling.n, dim=0)
+            extra: dict[str, Any] = {}
             if adapter_names is not None:
-                input_ids = input_ids.repeat_interleave(sampling.n, dim=0)
-                attention = attention.repeat_interleave(sampling.n, dim=0)
-                extra = {"adapter_names": [adapter_names[i] for i in batch for _ in range(sampling.n)]}
+                extra["adapter_names"] = [adapter_names[i] for i in batch for _ in range(sampling.n)]
             out = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
+                do_sample=False,
+                temperature=None,
                 top_p=None,
                 top_k=None,
                 max_new_tokens=sampling.max_new_tokens,
@@ -300,15 +322,15 @@ class HFBackend(TrainableBackend):
 
     @staticmethod
     def logits_processors(sampling: SamplingConfig, prompt_width: int) -> Any:
-        """What runs after generate's own temperature scaling: the generated-tokens repetition penalty (it
-        commutes with temperature) and then the nucleus filter, in `TopPLogitsWarper`'s place and order."""
+        """What generate (in greedy mode) applies at each step: the generated-tokens repetition penalty, then,
+        when sampling, the draw from the temperature-scaled nucleus, whose one finite score the argmax takes."""
         from transformers import LogitsProcessorList
 
         processors: list[Any] = []
         if sampling.repetition_penalty != 1.0:
             processors.append(GeneratedTokensRepetitionPenalty(sampling.repetition_penalty, prompt_width))
-        if sampling.temperature != 0.0 and sampling.top_p < 1.0:
-            processors.append(NucleusWarper(sampling.top_p))
+        if sampling.temperature != 0.0:
+            processors.append(NucleusSampler(sampling.temperature, sampling.top_p))
         return LogitsProcessorList(processors)
 
     def end_token_ids(self) -> set[int]:
