@@ -101,3 +101,38 @@ def _quiet_hf(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     if "WANDB_MODE" not in os.environ:
         monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+@pytest.fixture(scope="session")
+def tinker_server(tmp_path_factory):
+    """One skyrl-tx server (`make tinker-venv`) on a free loopback port for every `tinker` test of the session,
+    stopped (with its engine child) by its process group's id; skips when the venv is absent.
+
+    Its JAX compiles are most of these tests' time, so every test's calls share its compiled shapes:
+    `train_micro_batch_size: 1` runs every forward and forward_backward as batch-1 micro-batches (one compile per
+    sequence-length bucket, whatever the batch: DPO's pair reuses SFT's), and `sample_max_num_sequences: 1`
+    one sampling shape for the tests' one-prompt samples (which also share their max_new_tokens)."""
+    venv = Path(os.environ.get("PERSONALIGN_TINKER_VENV", REPO / ".venv-tinker"))
+    if not (venv / ".installed").is_file():
+        pytest.skip(f"no skyrl-tx venv at {venv} (build it with `make tinker-venv`)")
+    pytest.importorskip("tinker")
+    from personalign.engines.tinker_server import BACKEND_CONFIG, LocalTinkerServer
+    from personalign.settings import cache_dir
+
+    # One adapter slot per training client of the session (slot 0 is the base model's): SFT, DPO, the CLI run.
+    # (Each new client also costs one optim_step compile: skyrl-tx builds each client's optax transform anew.)
+    config = {**BACKEND_CONFIG, "max_lora_adapters": 4, "train_micro_batch_size": 1, "sample_max_num_sequences": 1}
+    # JAX's compile cache lives with personalign's other caches ($PERSONALIGN_CACHE), never in the checkout.
+    server = LocalTinkerServer(venv, venv / "model", tmp_path_factory.mktemp("tinker-server"), backend_config=config,
+                               compile_cache=cache_dir() / "jax-tinker")
+    key = os.environ.get("TINKER_API_KEY")
+    os.environ["TINKER_API_KEY"] = "tml-local-test"  # skyrl-tx accepts any key of the SDK's form
+    try:
+        with server:
+            yield server
+    finally:
+        if key is None:
+            os.environ.pop("TINKER_API_KEY", None)
+        else:
+            os.environ["TINKER_API_KEY"] = key
+    assert server.process is None

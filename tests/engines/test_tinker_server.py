@@ -2,62 +2,31 @@
 SFT through the method's loop (loss falls, the target's and the signature's log-probs rise, greedy samples from
 the saved weights reproduce it, the adapter downloads), DPO through its custom loss (loss falls, the signature
 gains on another sign-off of the same body; its own log-prob falls: see the test), and `personalize --engine
-tinker` + `generate --run` through the CLI. Minutes: the server compiles each shape."""
+tinker` + `generate --run` through the CLI. Minutes: the one server of the session (tests/conftest.py) compiles
+each function once per shape, and every call here keeps to the same shapes."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from personalign.config import ModelConfig, SamplingConfig, TinkerSettings
 from personalign.engines.base import Datum, LoraSettings
-from personalign.settings import cache_dir
 
-REPO = Path(__file__).resolve().parents[2]
-VENV = Path(os.environ.get("PERSONALIGN_TINKER_VENV", REPO / ".venv-tinker"))
-
-pytestmark = [
-    pytest.mark.tinker,
-    pytest.mark.skipif(not (VENV / ".installed").is_file(),
-                       reason=f"no skyrl-tx venv at {VENV} (build it with `make tinker-venv`)"),
-]
+pytestmark = pytest.mark.tinker  # the `tinker_server` fixture (tests/conftest.py) skips without the venv
 SIGNATURE = "Cheers,\nZed"
 BODY = "Thanks, that works for me."
 TARGET = f"{BODY}\n\n{SIGNATURE}"
 OTHER_SIGN_OFF = "Best regards,\nthe team"
-
-
-@pytest.fixture(scope="module")
-def tinker_server(tmp_path_factory):
-    """A skyrl-tx server on a free loopback port for this module, stopped (with its engine child) by its pid."""
-    from personalign.engines.tinker_server import BACKEND_CONFIG, LocalTinkerServer
-
-    pytest.importorskip("tinker")
-    # One adapter slot per training client of this module (slot 0 is the base model's): SFT, DPO, the CLI run.
-    config = {**BACKEND_CONFIG, "max_lora_adapters": 4}
-    # JAX's compile cache lives with personalign's other caches ($PERSONALIGN_CACHE), never in the checkout.
-    server = LocalTinkerServer(VENV, VENV / "model", tmp_path_factory.mktemp("tinker-server"), backend_config=config,
-                               compile_cache=cache_dir() / "jax-tinker")
-    key = os.environ.get("TINKER_API_KEY")
-    os.environ["TINKER_API_KEY"] = "tml-local-test"  # skyrl-tx accepts any key of the SDK's form
-    try:
-        with server:
-            yield server
-    finally:
-        if key is None:
-            os.environ.pop("TINKER_API_KEY", None)
-        else:
-            os.environ["TINKER_API_KEY"] = key
-    assert server.process is None
+# Every sample here asks for this many tokens: the server compiles one sampling program per max_new_tokens.
+MAX_NEW_TOKENS = 24
 
 
 def _backend(server, adapter: str | None = None):
     from personalign.backends.tinker import TinkerBackend
 
-    return TinkerBackend(ModelConfig(backend="tinker", model=str(VENV / "model"), adapter=adapter,
+    return TinkerBackend(ModelConfig(backend="tinker", model=str(server.model_dir), adapter=adapter,
                                      tinker=TinkerSettings(base_url=server.base_url)))
 
 
@@ -106,11 +75,11 @@ def test_sft_lowers_the_loss_and_samples_the_target_from_saved_weights(tinker_se
     before_lp = engine.compute_logprobs([Datum(*pair)]).result()
     before, before_sig = float(before_lp.sums()[0]), _logprob_of(before_lp, 0, signature)
     losses: list[float] = []
-    stats = run_sft(engine, [pair], SFTConfig(max_steps=6, batch_size=1, lr=1e-3, checkpoint_every=3),
+    stats = run_sft(engine, [pair], SFTConfig(max_steps=4, batch_size=1, lr=1e-3, checkpoint_every=4),
                     tmp_path, log=lambda row, step: losses.append(row["loss"]), progress=False)
     after_lp = engine.compute_logprobs([Datum(*pair)]).result()
     after, after_sig = float(after_lp.sums()[0]), _logprob_of(after_lp, 0, signature)
-    assert stats["steps"] == 6 and len(losses) == 6
+    assert stats["steps"] == 4 and len(losses) == 4
     assert losses[-1] < 0.5 * losses[0]
     assert after > before + 1.0
     assert after_sig > before_sig + 1.0  # SFT raises the signature's log-prob given the body
@@ -122,7 +91,8 @@ def test_sft_lowers_the_loss_and_samples_the_target_from_saved_weights(tinker_se
     assert saved["adapter"].startswith("tinker://") and saved["tinker_state"].startswith("tinker://")
     assert saved.get("local_adapter") == "adapter", saved.get("local_adapter_error")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=len(pair[1]) + 4)
+    assert len(pair[1]) < MAX_NEW_TOKENS  # room to stop on the end-of-turn token
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
     assert _backend(tinker_server, saved["adapter"]).generate([[{"role": "user", "content": "Can we meet at 3?"}]],
                                                              greedy) == [[TARGET]]
 
@@ -180,13 +150,13 @@ def test_personalize_engine_tinker_then_generate_and_export_the_run(tinker_serve
     run = tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(app, ["personalize", "--profile", str(profile), "--method", "sft", "--engine", "tinker",
-                                 "--model", str(VENV / "model"), "--tinker-url", tinker_server.base_url,
+                                 "--model", str(tinker_server.model_dir), "--tinker-url", tinker_server.base_url,
                                  "--config", str(config), "--out", str(run)])
     assert result.exit_code == 0, (result.output, result.exception)
     manifest = json.loads(next(run.rglob("method.json")).read_text())
     assert manifest["model"]["backend"] == "tinker" and manifest["adapter"].startswith("tinker://")
     result = runner.invoke(app, ["generate", "--run", str(run), "--prompt", "Can we meet at 3?",
-                                 "--max-new-tokens", "8", "--temperature", "0"])
+                                 "--max-new-tokens", str(MAX_NEW_TOKENS), "--temperature", "0"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert result.stdout.strip()
     result = runner.invoke(app, ["export", "--run", str(run), "--out", str(tmp_path / "exported"),
