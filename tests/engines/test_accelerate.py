@@ -54,7 +54,8 @@ FSDP_CONFIG = CONFIGS / "fsdp.yaml"
 DEEPSPEED_CONFIG = CONFIGS / "deepspeed-zero2.yaml"
 
 
-@pytest.mark.parametrize(("engine_name", "config"), [("fsdp", FSDP_CONFIG), ("deepspeed", DEEPSPEED_CONFIG)])
+@pytest.mark.parametrize(("engine_name", "config"), [("fsdp", FSDP_CONFIG), ("deepspeed", DEEPSPEED_CONFIG)],
+                         ids=["fsdp", "deepspeed"])
 def test_sharded_training_on_two_gloo_processes_matches_one_process(engine_name, config, default_model_dir,
                                                                     chat_tokenizer, tmp_path):
     """FSDP2 and DeepSpeed ZeRO-2 through the engine for real: the same global batch gives the one-process losses,

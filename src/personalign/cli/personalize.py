@@ -264,13 +264,12 @@ def train(cfg: PersonalizeConfig, progress: bool = True) -> Path:
     personalizer = build_personalizer(cfg.method, backend, method_fields)
     run.write_config(cfg.model_copy(update={"method_config": personalizer.config.to_dict(), "out": str(run.path)}))
     seed = int(getattr(personalizer.config, "seed", 0))
-    if cfg.engine == "accelerate":
+    distributed = {}
+    if cfg.engine == "accelerate":  # how accelerate launch distributed the processes: ddp, fsdp, deepspeed-zeroN
         from personalign.engines.launch import distributed_kind
 
-        run.write_env(seed, device=str(getattr(backend, "device", "")), engine=cfg.engine, processes=world,
-                      distributed=distributed_kind())
-    else:
-        run.write_env(seed, device=str(getattr(backend, "device", "")), engine=cfg.engine, processes=world)
+        distributed["distributed"] = distributed_kind()
+    run.write_env(seed, device=str(getattr(backend, "device", "")), engine=cfg.engine, processes=world, **distributed)
     if progress:
         verb = "resuming" if cfg.resume else "training"
         console.print(f"[bold]{cfg.method}[/]: {verb} on {profile.name} into {run.path}")

@@ -22,13 +22,13 @@ DDP's all-reduce does). Checkpoints and adapters are gathered whole (FULL_STATE_
 a checkpoint resumes under any engine or process count. Every forward of a sharded model is a collective, so
 each process pads its shard of a sampling or scoring call to the same number of rows (the padding is dropped).
 
-DeepSpeed ZeRO stage 0-2 (an accelerate config with `distributed_type: DEEPSPEED`): model and optimizer go
+DeepSpeed ZeRO stage 1-2 (an accelerate config with `distributed_type: DEEPSPEED`): model and optimizer go
 through `accelerator.prepare` (a DeepSpeedEngine with ZeRO's partitioned optimizer around our AdamW), but the
 protocol drives the DeepSpeed engine itself: accelerate's `backward` under DeepSpeed also steps the optimizer,
 while here `optim_step` comes after the backward(s) with the step's learning rate and clip. DeepSpeed's
 `managed_gradient_accumulation: false` makes `backward` only accumulate and `step` the boundary, so several
 `forward_backward` calls before one `optim_step` (gradient accumulation) sum as on one process. Weights stay
-whole on every process (ZeRO 0-2 partition only gradients and optimizer state), so sampling, scoring and
+whole on every process (ZeRO 1-2 partition only gradients and optimizer state), so sampling, scoring and
 snapshots run as under DDP; checkpoints hold the whole Adam moments (gathered with DeepSpeed's
 `safe_get_full_optimizer_state`) in the local engine's layout, so they resume under any engine.
 """
@@ -353,7 +353,7 @@ class AccelerateEngine(LocalEngine):
         else:  # a fresh optimizer: Adam's moments zeroed, as the local engine's new optimizer starts
             self._torch_optimizer.state.clear()
 
-    # ---- DeepSpeed ZeRO 0-2: whole weights everywhere, Adam moments partitioned over the processes ---
+    # ---- DeepSpeed ZeRO 1-2: whole weights everywhere, Adam moments partitioned over the processes ---
     def _zero_partitions(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Each ZeRO parameter group's flat fp32 partition (the tensor our AdamW steps) and its model weights."""
         zero = self.ddp.optimizer
