@@ -108,8 +108,8 @@ def test_sharded_training_on_two_gloo_processes_matches_one_process(engine_name,
     # process count (the bug guarded against) is off by 50-100 %.
     assert two["losses"] == pytest.approx(base["losses"], rel=1e-5, abs=1e-6)
     assert two["grad_norms"] == pytest.approx(base["grad_norms"], rel=1e-5)  # the clip saw every shard
-    # DeepSpeed reduces the gradients inside its step (none to compare); its clip norm above and the weights
-    # after each step below check them there.
+    # DeepSpeed reduces the gradients inside its step (none to read before it): its clip norms above, and the
+    # weights and Adam moments at the checkpoint and at the end below, check them there.
     for b, f in zip(torch.load(base_dir / "grads.pt"), torch.load(run_dir / "grads.pt"), strict=True):
         if engine_name == "deepspeed":
             break
