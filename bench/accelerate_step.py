@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.batch, args.seq, args.threads)), flush=True)
+        result = worker(args.worker, args.steps, args.batch, args.seq, args.threads)
+        if result["is_main"]:  # one writer: the processes' lines would interleave on the shared stdout
+            print(json.dumps(result), flush=True)
         return
 
     from personalign.io import atomic_write_json
