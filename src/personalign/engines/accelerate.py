@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -61,6 +60,7 @@ from personalign.engines.base import (
     policy_loss,
     resolved,
 )
+from personalign.engines.launch import deepspeed_wanted, fsdp_wanted
 from personalign.engines.local import (
     OPTIMIZER_FILE,
     WEIGHTS_FILE,
@@ -89,7 +89,7 @@ class AccelerateEngine(LocalEngine):
         super().__init__(backend, lora, init_adapter, logprob_batch_size)
         from personalign.engines.launch import check_distributed_type, check_fsdp_version
 
-        if _fsdp_wanted() and not hasattr(self.model, "peft_config"):
+        if fsdp_wanted() and not hasattr(self.model, "peft_config"):
             # Seen here: rank 0's save_pretrained of a sharded whole model waits forever on the other processes.
             raise PersonalignError("lora.enabled: false (full fine-tuning) is not supported under FSDP yet; train a "
                                    "LoRA adapter (lora.enabled: true), or use configs/accelerate/ddp.yaml")
@@ -436,18 +436,13 @@ class AccelerateEngine(LocalEngine):
         return {"adapter": "adapter"}
 
 
-def _deepspeed_wanted() -> bool:
-    """accelerate's switch, which `accelerate launch` sets from a DeepSpeed config."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-
-
 def _deepspeed_on_cpu(accelerator: Any) -> None:
     """Turn on DeepSpeed where accelerate itself does not: on CPU processes, where it leaves a DeepSpeed config
     as plain multi-CPU data parallelism (gloo). The plugin built from the ACCELERATE_DEEPSPEED_* settings then
     drives accelerate's own DeepSpeed path (`prepare`), exactly as on GPUs."""
     from accelerate.utils import DeepSpeedPlugin, DistributedType
 
-    if not _deepspeed_wanted() or accelerator.distributed_type != DistributedType.MULTI_CPU:
+    if not deepspeed_wanted() or accelerator.distributed_type != DistributedType.MULTI_CPU:
         return
     import deepspeed
 
@@ -505,11 +500,6 @@ def _by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
             "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
 
 
-def _fsdp_wanted() -> bool:
-    """accelerate's own switch, which `accelerate launch` sets from an FSDP config (on GPUs and CPUs alike)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
 def _fsdp_on_cpu(accelerator: Any) -> None:
     """Turn on FSDP where accelerate itself does not: on CPU processes (gloo), where it leaves an FSDP config
     as plain multi-CPU data parallelism. `accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP and the
@@ -517,7 +507,7 @@ def _fsdp_on_cpu(accelerator: Any) -> None:
     `clip_grad_norm_`, `get_state_dict`), exactly as on GPUs."""
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    if not _fsdp_wanted() or accelerator.distributed_type != DistributedType.MULTI_CPU:
+    if not fsdp_wanted() or accelerator.distributed_type != DistributedType.MULTI_CPU:
         return
     plugin = FullyShardedDataParallelPlugin()
     accelerator.state.distributed_type = DistributedType.FSDP

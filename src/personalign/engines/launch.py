@@ -80,14 +80,22 @@ def check_deepspeed(settings: dict[str, Any], where: str) -> None:
         raise PersonalignError(f"{where}: DeepSpeed is not installed; pip install 'personalign[deepspeed]'")
 
 
+def deepspeed_wanted() -> bool:
+    """accelerate's switch, which `accelerate launch` sets from a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def fsdp_wanted() -> bool:
+    """accelerate's own switch, which `accelerate launch` sets from an FSDP config (on GPUs and CPUs alike)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def distributed_kind() -> str:
     """How `accelerate launch` told this process to distribute (ddp, fsdp, deepspeed-zeroN), for env.json."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if deepspeed_wanted():
         stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
         return f"deepspeed-zero{stage}" if stage else "deepspeed"
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        return "fsdp"
-    return "ddp"
+    return "fsdp" if fsdp_wanted() else "ddp"
 
 
 def check_fsdp_version(version: Any, where: str) -> None:
