@@ -109,21 +109,23 @@ class NucleusSampler:
             return (scores.softmax(dim=-1) / -uniforms.log()).argmax(dim=-1)
         values, indices = scores.topk(min(self.candidates, scores.shape[-1]), dim=-1)
         probs = (values - scores.logsumexp(dim=-1, keepdim=True)).exp()
-        # TopPLogitsWarper's rule: keep the most likely tokens while the mass before them is below top_p.
-        keep = (probs.cumsum(dim=-1) - probs) < self.top_p
-        keep[:, 0] = True
-        race = probs * keep / -uniforms.gather(1, indices).log()
+        race = probs * self._keep(probs) / -uniforms.gather(1, indices).log()
         tokens = indices.gather(1, race.argmax(dim=-1, keepdim=True)).squeeze(1)
         uncovered = (probs.sum(dim=-1) < self.top_p).nonzero().flatten()
         if uncovered.numel():
             rows = scores[uncovered]
             sorted_rows, order = rows.sort(dim=-1, descending=True)
             sorted_probs = sorted_rows.softmax(dim=-1)
-            sorted_keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p
-            sorted_keep[:, 0] = True
-            nucleus = torch.zeros_like(rows).scatter_(1, order, sorted_probs * sorted_keep)
+            nucleus = torch.zeros_like(rows).scatter_(1, order, sorted_probs * self._keep(sorted_probs))
             tokens[uncovered] = (nucleus / -uniforms[uncovered].log()).argmax(dim=-1)
         return tokens
+
+    def _keep(self, sorted_probs: torch.Tensor) -> torch.Tensor:
+        """TopPLogitsWarper's rule on probabilities sorted most likely first: keep a token while the mass before
+        it is below top_p (the first token always)."""
+        keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p
+        keep[:, 0] = True
+        return keep
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         tokens = self.draw(scores)
